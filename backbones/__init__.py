@@ -1,0 +1,1 @@
+"""ResNet backbones for Detectron2."""

@@ -1,0 +1,23 @@
+"""Setup for ``backbones``: the ResNet family and FPN for Detectron2 (He et al., 2015)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="backbones",
+    version="0.1.0",
+    description="ResNet / ResNeXt backbones with FPN for Detectron2",
+    python_requires=">=3.10",
+    packages=find_packages(include=["backbones", "backbones.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        # No PyPI release: tools/setup_env.py installs a clean build unless one is importable.
+        "detectron2",
+        "fvcore>=0.1.5,<0.1.6",
+        "pycocotools>=2.0.2",
+        "faster-coco-eval>=1.6",
+        "opencv-python-headless",
+        "matplotlib",
+        "numpy",
+    ],
+    extras_require={"test": ["pytest>=7", "pytest-xdist"]},
+)
