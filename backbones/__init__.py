@@ -1,1 +1,30 @@
-"""ResNet backbones for Detectron2."""
+"""ResNet / ResNeXt backbones with FPN for Detectron2 (He et al., 2015, "Deep Residual Learning").
+
+Importing the package registers ``backbones_build_resnet_backbone`` and
+``backbones_build_resnet_fpn_backbone`` in Detectron2's ``BACKBONE_REGISTRY``.
+"""
+from .blocks import NORMS, BasicBlock, BasicStem, BottleneckBlock
+from .config import add_backbones_config
+from .errors import BackboneOptionError
+from .fpn import FPN, LastLevelMaxPool, make_resnet_fpn
+from .registry import backbones_build_resnet_backbone, backbones_build_resnet_fpn_backbone
+from .resnet import ResNet, make_resnet
+from .specs import DEPTHS, PRESETS
+
+__all__ = [
+    "NORMS",
+    "DEPTHS",
+    "PRESETS",
+    "BackboneOptionError",
+    "BasicBlock",
+    "BasicStem",
+    "BottleneckBlock",
+    "FPN",
+    "LastLevelMaxPool",
+    "ResNet",
+    "add_backbones_config",
+    "backbones_build_resnet_backbone",
+    "backbones_build_resnet_fpn_backbone",
+    "make_resnet",
+    "make_resnet_fpn",
+]

@@ -1,0 +1,130 @@
+"""Residual blocks and the stem of "Deep Residual Learning for Image Recognition" (He et al., 2015).
+
+Module and parameter names match Detectron2's ``detectron2.modeling.backbone.resnet`` (``conv1``,
+``conv1.norm``, ``shortcut``, ...), so its checkpoints and the MSRA/Caffe2 conversions load
+unchanged.
+"""
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import CNNBlockBase, Conv2d, get_norm
+from fvcore.nn import weight_init
+from torch import nn
+
+# Norm layers accepted by name (Detectron2's `get_norm` spellings); a callable
+# `channels -> nn.Module` is accepted as well.
+NORMS = ("FrozenBN", "BN", "SyncBN", "naiveSyncBN", "GN")
+Norm = Union[str, Callable[[int], nn.Module]]
+
+
+def conv_norm(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    norm: Norm,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+) -> Conv2d:
+    """A bias-free conv with its norm layer as ``.norm``, MSRA-initialised ("same" padding)."""
+    conv = Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=dilation * (kernel_size - 1) // 2,
+        dilation=dilation,
+        groups=groups,
+        bias=False,
+        norm=get_norm(norm, out_channels),
+    )
+    weight_init.c2_msra_fill(conv)
+    return conv
+
+
+class BasicBlock(CNNBlockBase):
+    """Two 3x3 convs and a shortcut (projection when the shape changes): ResNet-18/34."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm: Norm = "BN"):
+        super().__init__(in_channels, out_channels, stride)
+        self.shortcut = (
+            conv_norm(in_channels, out_channels, 1, stride=stride, norm=norm)
+            if in_channels != out_channels or stride != 1
+            else None
+        )
+        self.conv1 = conv_norm(in_channels, out_channels, 3, stride=stride, norm=norm)
+        self.conv2 = conv_norm(out_channels, out_channels, 3, norm=norm)
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.conv2.norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(F.relu_(self.conv1(x)))
+        out += x if self.shortcut is None else self.shortcut(x)
+        return F.relu_(out)
+
+
+class BottleneckBlock(CNNBlockBase):
+    """1x1 reduce, 3x3 (grouped for ResNeXt, dilated in res5 on request), 1x1 expand."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        bottleneck_channels: int,
+        stride: int = 1,
+        num_groups: int = 1,
+        norm: Norm = "BN",
+        stride_in_1x1: bool = False,
+        dilation: int = 1,
+    ):
+        super().__init__(in_channels, out_channels, stride)
+        self.shortcut = (
+            conv_norm(in_channels, out_channels, 1, stride=stride, norm=norm)
+            if in_channels != out_channels or stride != 1
+            else None
+        )
+        # MSRA's original models stride in the first 1x1 conv; torchvision ("ResNet v1.5") and
+        # FAIR's later models stride in the 3x3.
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = conv_norm(in_channels, bottleneck_channels, 1, stride=stride_1x1, norm=norm)
+        self.conv2 = conv_norm(
+            bottleneck_channels,
+            bottleneck_channels,
+            3,
+            stride=stride_3x3,
+            dilation=dilation,
+            groups=num_groups,
+            norm=norm,
+        )
+        self.conv3 = conv_norm(bottleneck_channels, out_channels, 1, norm=norm)
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.conv3.norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu_(self.conv1(x))
+        out = F.relu_(self.conv2(out))
+        out = self.conv3(out)
+        out += x if self.shortcut is None else self.shortcut(x)
+        return F.relu_(out)
+
+
+class BasicStem(CNNBlockBase):
+    """7x7 stride-2 conv, ReLU, 3x3 stride-2 max-pool: stride 4."""
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 64, norm: Norm = "BN"):
+        super().__init__(in_channels, out_channels, 4)
+        self.in_channels = in_channels
+        self.conv1 = conv_norm(in_channels, out_channels, 7, stride=2, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu_(self.conv1(x))
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)

@@ -1,0 +1,198 @@
+"""Feature Pyramid Network over a bottom-up backbone (Lin et al., 2017, "Feature Pyramid Networks").
+
+Module names match Detectron2's ``FPN`` (``fpn_lateral{s}``, ``fpn_output{s}``, ``bottom_up``,
+``top_block``) so that its checkpoints load unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.modeling.backbone import Backbone
+from fvcore.nn import weight_init
+from torch import nn
+
+from .blocks import NORMS
+from .errors import BackboneOptionError, check_choice
+from .resnet import STAGE_NAMES, make_resnet
+
+FUSE_TYPES = ("sum", "avg")
+TOP_BLOCKS = ("maxpool", None)
+
+
+class LastLevelMaxPool(nn.Module):
+    """P6 from the last output (e.g. P5) by stride-2 subsampling, as in the FPN paper."""
+
+    num_levels = 1
+
+    def __init__(self, in_feature: str = "p5"):
+        super().__init__()
+        self.in_feature = in_feature
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [F.max_pool2d(x, kernel_size=1, stride=2, padding=0)]
+
+
+class FPN(Backbone):
+    """Top-down pathway with lateral 1x1 and output 3x3 convs, plus an optional top block.
+
+    Args:
+        bottom_up: a backbone whose outputs include ``in_features``.
+        in_features: contiguous input features, high to low resolution (``res2``..``res5``).
+        out_channels: channels of every output level.
+        norm: ``""`` (convs with bias, the paper's FPN) or a norm name (bias-free convs).
+        top_block: extra coarser levels computed from its ``in_feature`` (``LastLevelMaxPool``).
+        fuse_type: ``"sum"`` or ``"avg"`` of lateral and upsampled top-down features.
+    """
+
+    def __init__(
+        self,
+        bottom_up: Backbone,
+        in_features: Sequence[str],
+        out_channels: int,
+        *,
+        norm: str = "",
+        top_block: nn.Module | None = None,
+        fuse_type: str = "sum",
+    ):
+        super().__init__()
+        check_choice("fuse_type", fuse_type, FUSE_TYPES)
+        if norm:
+            check_choice("norm", norm, NORMS)
+        shapes = bottom_up.output_shape()
+        if not in_features:
+            raise BackboneOptionError("in_features", list(in_features), "a non-empty list")
+        for name in in_features:
+            check_choice("in_features", name, shapes, "not an output of the bottom-up backbone")
+        strides = [shapes[name].stride for name in in_features]
+        for previous, stride in zip(strides, strides[1:]):
+            if stride != 2 * previous:
+                raise BackboneOptionError(
+                    "in_features",
+                    list(in_features),
+                    "features whose strides double from one to the next",
+                    f"strides {strides}",
+                )
+        self.bottom_up = bottom_up
+        self.in_features = tuple(in_features)
+        lateral_convs, output_convs = [], []
+        for name, stride in zip(in_features, strides):
+            level = int(math.log2(stride))
+            lateral = Conv2d(
+                shapes[name].channels,
+                out_channels,
+                kernel_size=1,
+                bias=not norm,
+                norm=get_norm(norm, out_channels),
+            )
+            output = Conv2d(
+                out_channels,
+                out_channels,
+                kernel_size=3,
+                padding=1,
+                bias=not norm,
+                norm=get_norm(norm, out_channels),
+            )
+            weight_init.c2_xavier_fill(lateral)
+            weight_init.c2_xavier_fill(output)
+            self.add_module(f"fpn_lateral{level}", lateral)
+            self.add_module(f"fpn_output{level}", output)
+            lateral_convs.append(lateral)
+            output_convs.append(output)
+        # Coarsest first: the order the top-down pass visits them.
+        self.lateral_convs = lateral_convs[::-1]
+        self.output_convs = output_convs[::-1]
+        self.top_block = top_block
+        self._out_feature_strides = {f"p{int(math.log2(s))}": s for s in strides}
+        if top_block is not None:
+            level = int(math.log2(strides[-1]))
+            for extra in range(1, top_block.num_levels + 1):
+                self._out_feature_strides[f"p{level + extra}"] = 2 ** (level + extra)
+        self._out_features = list(self._out_feature_strides)
+        self._out_feature_channels = {name: out_channels for name in self._out_features}
+        self._size_divisibility = strides[-1]
+        self._fuse_avg = fuse_type == "avg"
+
+    @property
+    def size_divisibility(self) -> int:
+        return self._size_divisibility
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """
+        Args:
+            x: images ``(N, C, H, W)``, H and W multiples of ``size_divisibility``.
+
+        Returns:
+            ``p2``..``p5`` (strides 4..32, one per input feature) and ``p6`` (stride 64) from the
+            top block, high to low resolution.
+        """
+        bottom_up = self.bottom_up(x)
+        top_down = self.lateral_convs[0](bottom_up[self.in_features[-1]])
+        results = [self.output_convs[0](top_down)]
+        for index in range(1, len(self.in_features)):
+            lateral = self.lateral_convs[index](bottom_up[self.in_features[-index - 1]])
+            top_down = lateral + F.interpolate(top_down, scale_factor=2.0, mode="nearest")
+            if self._fuse_avg:
+                top_down = top_down / 2
+            results.insert(0, self.output_convs[index](top_down))
+        if self.top_block is not None:
+            source = self.top_block.in_feature
+            if source in bottom_up:
+                top_input = bottom_up[source]
+            else:
+                top_input = results[self._out_features.index(source)]
+            results.extend(self.top_block(top_input))
+        return dict(zip(self._out_features, results))
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return {
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
+            for name in self._out_features
+        }
+
+
+def make_resnet_fpn(
+    depth: int = 50,
+    *,
+    in_features: Sequence[str] = STAGE_NAMES,
+    out_channels: int = 256,
+    fpn_norm: str = "",
+    fuse_type: str = "sum",
+    top_block: str | None = "maxpool",
+    **resnet_options,
+) -> FPN:
+    """Build ``make_resnet(depth, **resnet_options)`` with an FPN on top, without any config.
+
+    Args:
+        depth: as in :func:`make_resnet`.
+        in_features: the ResNet features the FPN takes, high to low resolution.
+        out_channels: channels of every pyramid level.
+        fpn_norm: norm of the FPN convs, ``""`` for none (with bias).
+        fuse_type: ``"sum"`` or ``"avg"``.
+        top_block: ``"maxpool"`` adds P6 by subsampling P5 (Faster/Mask R-CNN); None adds nothing.
+        **resnet_options: keyword arguments of :func:`make_resnet` (unknown names raise
+            TypeError); ``out_features`` is set to ``in_features``.
+
+    Returns:
+        an :class:`FPN`, whose ``output_shape()`` is ``p2``..``p6`` with strides 4..64.
+    """
+    check_choice("top_block", top_block, TOP_BLOCKS)
+    memory_format = resnet_options.get("memory_format", "channels_last")
+    bottom_up = make_resnet(depth, out_features=tuple(in_features), **resnet_options)
+    last_level = int(math.log2(bottom_up.output_shape()[in_features[-1]].stride))
+    fpn = FPN(
+        bottom_up,
+        in_features,
+        out_channels,
+        norm=fpn_norm,
+        top_block=LastLevelMaxPool(f"p{last_level}") if top_block == "maxpool" else None,
+        fuse_type=fuse_type,
+    )
+    if memory_format == "channels_last":
+        fpn.to(memory_format=torch.channels_last)
+    return fpn

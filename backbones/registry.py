@@ -1,0 +1,116 @@
+"""Registry glue: the only code that reads a config. Registers the builders into Detectron2.
+
+Registered names (``MODEL.BACKBONE.NAME``), prefixed so they never clash with Detectron2's own:
+``backbones_build_resnet_backbone`` and ``backbones_build_resnet_fpn_backbone``.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from detectron2.config import CfgNode
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone import BACKBONE_REGISTRY
+
+from .errors import BackboneOptionError
+from .fpn import FPN, make_resnet_fpn
+from .resnet import ResNet, make_resnet
+from .specs import DEPTHS
+
+# Constructor argument -> the config key it comes from, to name the key in errors.
+CFG_KEYS = {
+    "depth": "MODEL.RESNETS.DEPTH",
+    "num_groups": "MODEL.RESNETS.NUM_GROUPS",
+    "width_per_group": "MODEL.RESNETS.WIDTH_PER_GROUP",
+    "stem_out_channels": "MODEL.RESNETS.STEM_OUT_CHANNELS",
+    "res2_out_channels": "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "stride_in_1x1": "MODEL.RESNETS.STRIDE_IN_1X1",
+    "res5_dilation": "MODEL.RESNETS.RES5_DILATION",
+    "norm": "MODEL.RESNETS.NORM",
+    "out_features": "MODEL.RESNETS.OUT_FEATURES",
+    "freeze_at": "MODEL.BACKBONE.FREEZE_AT",
+    "memory_format": "MODEL.BACKBONES.MEMORY_FORMAT",
+    "zero_init_residual": "MODEL.BACKBONES.ZERO_INIT_RESIDUAL",
+    "in_features": "MODEL.FPN.IN_FEATURES",
+    "out_channels": "MODEL.FPN.OUT_CHANNELS",
+    "fpn_norm": "MODEL.FPN.NORM",
+    "fuse_type": "MODEL.FPN.FUSE_TYPE",
+}
+
+
+def resnet_options(cfg: CfgNode, input_shape: ShapeSpec) -> dict[str, Any]:
+    """The :func:`make_resnet` arguments that ``cfg`` asks for, checked against Detectron2's rules."""
+    if "BACKBONES" not in cfg.MODEL:
+        raise KeyError(
+            "cfg has no MODEL.BACKBONES node: call backbones.add_backbones_config(cfg) before "
+            "merging a config that uses the backbones_* builders"
+        )
+    r = cfg.MODEL.RESNETS
+    if any(r.DEFORM_ON_PER_STAGE):
+        raise BackboneOptionError(
+            CFG_KEYS["depth"].replace("DEPTH", "DEFORM_ON_PER_STAGE"),
+            list(r.DEFORM_ON_PER_STAGE),
+            "[False, False, False, False]",
+            "deformable convs need detectron2._C",
+        )
+    if r.DEPTH in DEPTHS and DEPTHS[r.DEPTH].block == "basic" and r.RES2_OUT_CHANNELS != 64:
+        # Detectron2's rule for R18/R34 configs: the default 256 is the bottleneck width.
+        raise BackboneOptionError(
+            CFG_KEYS["res2_out_channels"], r.RES2_OUT_CHANNELS, "64", f"depth {r.DEPTH}"
+        )
+    if r.NORM == "FrozenBN" and not cfg.MODEL.WEIGHTS:
+        warnings.warn(
+            "MODEL.RESNETS.NORM='FrozenBN' with no MODEL.WEIGHTS: frozen batch norm keeps its "
+            "random initial statistics and training from scratch diverges; use NORM 'BN', "
+            "'SyncBN' or 'GN' (and MODEL.BACKBONE.FREEZE_AT 0), or load pretrained weights",
+            stacklevel=2,
+        )
+    elif cfg.MODEL.BACKBONE.FREEZE_AT > 0 and not cfg.MODEL.WEIGHTS:
+        warnings.warn(
+            f"MODEL.BACKBONE.FREEZE_AT={cfg.MODEL.BACKBONE.FREEZE_AT} with no MODEL.WEIGHTS "
+            "freezes randomly initialised layers; set it to 0 to train from scratch",
+            stacklevel=2,
+        )
+    return dict(
+        depth=r.DEPTH,
+        in_channels=input_shape.channels,
+        num_groups=r.NUM_GROUPS,
+        width_per_group=r.WIDTH_PER_GROUP,
+        stem_out_channels=r.STEM_OUT_CHANNELS,
+        res2_out_channels=r.RES2_OUT_CHANNELS,
+        stride_in_1x1=r.STRIDE_IN_1X1,
+        res5_dilation=r.RES5_DILATION,
+        norm=r.NORM,
+        out_features=tuple(r.OUT_FEATURES),
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        memory_format=cfg.MODEL.BACKBONES.MEMORY_FORMAT,
+        zero_init_residual=cfg.MODEL.BACKBONES.ZERO_INIT_RESIDUAL,
+    )
+
+
+def _with_cfg_keys(build, **kwargs):
+    try:
+        return build(**kwargs)
+    except BackboneOptionError as error:
+        raise error.renamed(CFG_KEYS.get(error.option, error.option)) from None
+
+
+@BACKBONE_REGISTRY.register()
+def backbones_build_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
+    """ResNet from ``MODEL.RESNETS.*`` (Detectron2's meaning) and ``MODEL.BACKBONES.*``."""
+    return _with_cfg_keys(make_resnet, **resnet_options(cfg, input_shape))
+
+
+@BACKBONE_REGISTRY.register()
+def backbones_build_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
+    """ResNet + FPN (P2-P6, P6 by max-pool) from ``MODEL.RESNETS.*`` and ``MODEL.FPN.*``."""
+    options = resnet_options(cfg, input_shape)
+    options.pop("out_features")  # the FPN's inputs decide what the ResNet returns
+    return _with_cfg_keys(
+        make_resnet_fpn,
+        in_features=tuple(cfg.MODEL.FPN.IN_FEATURES),
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        fpn_norm=cfg.MODEL.FPN.NORM,
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        **options,
+    )

@@ -1,0 +1,232 @@
+"""The ResNet / ResNeXt backbone (He et al., 2015; Xie et al., 2017) as a Detectron2 ``Backbone``."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from detectron2.layers import CNNBlockBase, ShapeSpec
+from detectron2.modeling.backbone import Backbone
+from torch import nn
+
+from .blocks import NORMS, BasicBlock, BasicStem, BottleneckBlock, Norm
+from .config import MEMORY_FORMATS
+from .errors import BackboneOptionError, check_choice
+from .specs import DEPTHS
+
+STAGE_NAMES = ("res2", "res3", "res4", "res5")
+FEATURE_NAMES = ("stem",) + STAGE_NAMES
+
+
+class ResNet(Backbone):
+    """A stem and residual stages ``res2``.. ``res5``, returning the features named in ``out_features``.
+
+    Args:
+        stem: the stem block (its ``stride`` and ``out_channels`` are read).
+        stages: the blocks of each stage, res2 first; stages after the last one in
+            ``out_features`` are not built into the module (they would get no gradient).
+        out_features: names among ``stem``, ``res2``..``res5``.
+        freeze_at: freeze the stem (1), and res2 (2), ..., res5 (5); 0 freezes nothing. Frozen
+            blocks get ``requires_grad=False`` and their BatchNorms become FrozenBatchNorm2d.
+        memory_format: ``"channels_last"`` or ``"contiguous"``, for weights and activations.
+    """
+
+    def __init__(
+        self,
+        stem: CNNBlockBase,
+        stages: Sequence[Sequence[CNNBlockBase]],
+        *,
+        out_features: Sequence[str] = STAGE_NAMES,
+        freeze_at: int = 0,
+        memory_format: str = "channels_last",
+    ):
+        super().__init__()
+        if not out_features:
+            raise ValueError("out_features is empty; choose among " + ", ".join(FEATURE_NAMES))
+        for name in out_features:
+            check_choice("out_features", name, FEATURE_NAMES[: len(stages) + 1])
+        check_choice("freeze_at", freeze_at, range(len(stages) + 2))
+        check_choice("memory_format", memory_format, MEMORY_FORMATS)
+        self.stem = stem
+        stride = stem.stride
+        self._out_feature_strides = {"stem": stride}
+        self._out_feature_channels = {"stem": stem.out_channels}
+        num_stages = max(FEATURE_NAMES.index(name) for name in out_features)
+        stage_names, stage_modules = [], []
+        for name, blocks in zip(STAGE_NAMES, stages[:num_stages]):
+            stage = nn.Sequential(*blocks)
+            self.add_module(name, stage)
+            stage_names.append(name)
+            stage_modules.append(stage)
+            for block in blocks:
+                stride *= block.stride
+            self._out_feature_strides[name] = stride
+            self._out_feature_channels[name] = blocks[-1].out_channels
+        self.stage_names = tuple(stage_names)
+        self.stages = stage_modules
+        self._out_features = list(out_features)
+        self._channels_last = memory_format == "channels_last"
+        self.freeze(freeze_at)
+        if self._channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """
+        Args:
+            x: images ``(N, C, H, W)``.
+
+        Returns:
+            the features named in ``out_features``: ``stem`` (stride 4), ``res2`` (4), ``res3``
+            (8), ``res4`` (16), ``res5`` (32; 16 with res5 dilation).
+        """
+        if x.dim() != 4:
+            raise ValueError(f"ResNet takes images of shape (N, C, H, W), got {tuple(x.shape)}")
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        outputs = {}
+        x = self.stem(x)
+        if "stem" in self._out_features:
+            outputs["stem"] = x
+        for name, stage in zip(self.stage_names, self.stages):
+            x = stage(x)
+            if name in self._out_features:
+                outputs[name] = x
+        return outputs
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return {
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
+            for name in self._out_features
+        }
+
+    def freeze(self, freeze_at: int = 0) -> "ResNet":
+        """Freeze the stem (``freeze_at >= 1``) and the stages res2..res{freeze_at}."""
+        if freeze_at >= 1:
+            self.stem.freeze()
+        for index, stage in enumerate(self.stages, start=2):
+            if freeze_at >= index:
+                for block in stage.children():
+                    block.freeze()
+        return self
+
+
+def make_stages(
+    depth: int,
+    *,
+    stem_out_channels: int,
+    res2_out_channels: int,
+    num_groups: int,
+    width_per_group: int,
+    stride_in_1x1: bool,
+    res5_dilation: int,
+    norm: Norm,
+) -> list[list[CNNBlockBase]]:
+    """The blocks of res2..res5 for ``depth`` (widths double at every stage)."""
+    spec = DEPTHS[depth]
+    in_channels, out_channels = stem_out_channels, res2_out_channels
+    bottleneck_channels = num_groups * width_per_group
+    stages = []
+    for index, num_blocks in enumerate(spec.blocks_per_stage):
+        # res5 dilation replaces res5's stride (R-FCN / Deformable ConvNets convention).
+        dilation = res5_dilation if index == 3 else 1
+        first_stride = 1 if index == 0 or dilation > 1 else 2
+        blocks: list[CNNBlockBase] = []
+        for block_index in range(num_blocks):
+            stride = first_stride if block_index == 0 else 1
+            if spec.block == "basic":
+                block = BasicBlock(in_channels, out_channels, stride=stride, norm=norm)
+            else:
+                block = BottleneckBlock(
+                    in_channels,
+                    out_channels,
+                    bottleneck_channels=bottleneck_channels,
+                    stride=stride,
+                    num_groups=num_groups,
+                    norm=norm,
+                    stride_in_1x1=stride_in_1x1,
+                    dilation=dilation,
+                )
+            blocks.append(block)
+            in_channels = out_channels
+        stages.append(blocks)
+        out_channels *= 2
+        bottleneck_channels *= 2
+    return stages
+
+
+def make_resnet(
+    depth: int = 50,
+    *,
+    in_channels: int = 3,
+    num_groups: int = 1,
+    width_per_group: int = 64,
+    stem_out_channels: int = 64,
+    res2_out_channels: int | None = None,
+    stride_in_1x1: bool = True,
+    res5_dilation: int = 1,
+    norm: Norm = "FrozenBN",
+    out_features: Sequence[str] = STAGE_NAMES,
+    freeze_at: int = 0,
+    memory_format: str = "channels_last",
+    zero_init_residual: bool = False,
+) -> ResNet:
+    """Build a ResNet / ResNeXt of the given depth without any config.
+
+    Args:
+        depth: one of ``specs.DEPTHS`` (18, 34: basic blocks; 26, 50, 101, 152, 200: bottleneck).
+        in_channels: input image channels.
+        num_groups, width_per_group: ResNeXt's cardinality and the 3x3 width per group in res2
+            (32 and 4 for X-50-32x4d); 1 and 64 is the plain ResNet. Bottleneck depths only.
+        stem_out_channels: channels of the stem.
+        res2_out_channels: output channels of res2 (doubled at each stage); default 64 for basic
+            blocks, 256 for bottlenecks.
+        stride_in_1x1: put the stage stride in the first 1x1 conv (MSRA/Caffe2 weights) rather
+            than in the 3x3 (torchvision weights). Bottleneck depths only.
+        res5_dilation: 1, or 2 for a stride-16 res5 with dilated 3x3 convs (bottleneck only).
+        norm: one of ``blocks.NORMS`` or a callable ``channels -> nn.Module``.
+        out_features: features to return, among ``stem``, ``res2``..``res5``.
+        freeze_at: number of leading stages to freeze (stem = 1).
+        memory_format: ``"channels_last"`` (faster) or ``"contiguous"``.
+        zero_init_residual: start each block as identity by zeroing its last norm's scale.
+
+    Returns:
+        a :class:`ResNet`; its ``output_shape()`` gives channels and strides per feature.
+    """
+    check_choice("depth", depth, DEPTHS)
+    if isinstance(norm, str):
+        check_choice("norm", norm, NORMS)
+    check_choice("res5_dilation", res5_dilation, (1, 2))
+    basic = DEPTHS[depth].block == "basic"
+    if basic:
+        why = f"depth {depth} uses basic blocks"
+        check_choice("num_groups", num_groups, (1,), f"{why}, which have no grouped conv")
+        check_choice("res5_dilation", res5_dilation, (1,), f"{why}, which have no dilation")
+    if res2_out_channels is None:
+        res2_out_channels = 64 if basic else 256
+    for option, value in (
+        ("num_groups", num_groups),
+        ("width_per_group", width_per_group),
+        ("stem_out_channels", stem_out_channels),
+        ("res2_out_channels", res2_out_channels),
+    ):
+        if not isinstance(value, int) or value < 1:
+            raise BackboneOptionError(option, value, "a positive integer")
+    stem = BasicStem(in_channels, stem_out_channels, norm=norm)
+    stages = make_stages(
+        depth,
+        stem_out_channels=stem_out_channels,
+        res2_out_channels=res2_out_channels,
+        num_groups=num_groups,
+        width_per_group=width_per_group,
+        stride_in_1x1=stride_in_1x1,
+        res5_dilation=res5_dilation,
+        norm=norm,
+    )
+    if zero_init_residual:
+        for block in (block for stage in stages for block in stage):
+            if isinstance(getattr(block.last_norm, "weight", None), nn.Parameter):
+                nn.init.zeros_(block.last_norm.weight)
+    return ResNet(
+        stem, stages, out_features=out_features, freeze_at=freeze_at, memory_format=memory_format
+    )

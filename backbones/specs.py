@@ -1,0 +1,48 @@
+"""The ResNet family as data: the one depth table and the named presets (He et al., 2015)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+BLOCK_TYPES = ("basic", "bottleneck")
+
+
+@dataclass(frozen=True)
+class DepthSpec:
+    """Block type and number of blocks in res2..res5 for one depth."""
+
+    block: str
+    blocks_per_stage: tuple[int, int, int, int]
+
+
+# The only depth table. 18-152: Table 1 of "Deep Residual Learning for Image Recognition";
+# 26: the shallow bottleneck ResNet used by timm (resnet26); 200: "Identity Mappings in Deep
+# Residual Networks" (He et al., 2016).
+DEPTHS: dict[int, DepthSpec] = {
+    18: DepthSpec("basic", (2, 2, 2, 2)),
+    26: DepthSpec("bottleneck", (2, 2, 2, 2)),
+    34: DepthSpec("basic", (3, 4, 6, 3)),
+    50: DepthSpec("bottleneck", (3, 4, 6, 3)),
+    101: DepthSpec("bottleneck", (3, 4, 23, 3)),
+    152: DepthSpec("bottleneck", (3, 8, 36, 3)),
+    200: DepthSpec("bottleneck", (3, 24, 36, 3)),
+}
+
+# Named variants as arguments of `make_resnet`; ResNeXt is "groups x width per group" (Xie et al.,
+# 2017), wide ResNets double the bottleneck width (Zagoruyko & Komodakis, 2016; torchvision's
+# wide_resnet50_2 / wide_resnet101_2).
+PRESETS: dict[str, dict[str, Any]] = {
+    "R-18": dict(depth=18),
+    "R-34": dict(depth=34),
+    "R-26": dict(depth=26),
+    "R-50": dict(depth=50),
+    "R-101": dict(depth=101),
+    "R-152": dict(depth=152),
+    "R-200": dict(depth=200),
+    "X-50-32x4d": dict(depth=50, num_groups=32, width_per_group=4),
+    "X-101-32x8d": dict(depth=101, num_groups=32, width_per_group=8),
+    "X-101-64x4d": dict(depth=101, num_groups=64, width_per_group=4),
+    "X-152-32x8d": dict(depth=152, num_groups=32, width_per_group=8),
+    "W-50-2": dict(depth=50, width_per_group=128),
+    "W-101-2": dict(depth=101, width_per_group=128),
+}

@@ -1,0 +1,91 @@
+"""Our ResNet-FPN against Detectron2's built-in ``build_resnet_fpn_backbone``: names and outputs."""
+from __future__ import annotations
+
+import pytest
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
+from helpers import make_cfg, randomize_
+
+from backbones import BackboneOptionError, backbones_build_resnet_fpn_backbone, make_resnet_fpn
+
+# Settings named by the foundation issue; widths shrunk where the topology is what is tested.
+CASES = {
+    "R18": dict(depth=18, res2_out_channels=64),
+    "R50": dict(depth=50),
+    "R101": dict(depth=101, stem_out_channels=16, res2_out_channels=64, width_per_group=16),
+    "X50-32x4d": dict(depth=50, num_groups=32, width_per_group=4),
+    "R50-GN": dict(depth=50, norm="GN"),
+    "R50-BN": dict(depth=50, norm="BN"),
+    "R50-stride-in-3x3": dict(depth=50, stride_in_1x1=False),
+}
+
+
+def build_pair(memory_format: str, fpn_norm: str = "", **resnets):
+    cfg = make_cfg(**resnets)
+    cfg.MODEL.BACKBONES.MEMORY_FORMAT = memory_format
+    cfg.MODEL.FPN.NORM = fpn_norm
+    reference = randomize_(build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3))).eval()
+    ours = backbones_build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3)).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference, ours
+
+
+def max_diffs(reference, ours, dtype=torch.float32) -> dict[str, float]:
+    x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    with torch.no_grad():
+        expected, actual = reference.to(dtype)(x), ours.to(dtype)(x)
+    assert list(actual) == list(expected) == ["p2", "p3", "p4", "p5", "p6"]
+    return {name: (actual[name] - expected[name]).abs().max().item() for name in expected}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_outputs_equal_detectron2(case):
+    reference, ours = build_pair("contiguous", **CASES[case])
+    diffs = max_diffs(reference, ours)
+    assert max(diffs.values()) <= 1e-5, diffs
+
+
+@pytest.mark.parametrize("case", ["R50", "X50-32x4d"])
+def test_channels_last_equal_detectron2_in_float64(case):
+    # channels_last kernels sum in another order: compare in float64 to see structure only.
+    reference, ours = build_pair("channels_last", **CASES[case])
+    diffs = max_diffs(reference, ours, torch.float64)
+    assert max(diffs.values()) <= 1e-5, diffs
+
+
+def test_fpn_norm_and_names_load_into_detectron2_strictly():
+    reference, ours = build_pair("contiguous", fpn_norm="GN", depth=50, norm="GN")
+    reference.load_state_dict(ours.state_dict(), strict=True)
+    assert "fpn_lateral2.norm.weight" in ours.state_dict()
+    assert "bottom_up.res2.0.shortcut.norm.weight" in ours.state_dict()
+    assert max(max_diffs(reference, ours).values()) <= 1e-5
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_output_shape_matches_tensors(depth):
+    model = make_resnet_fpn(depth, out_channels=32, norm="BN").eval()
+    with torch.no_grad():
+        outputs = model(torch.zeros(1, 3, 128, 64))
+    for name, spec in model.output_shape().items():
+        assert outputs[name].shape == (1, spec.channels, 128 // spec.stride, 64 // spec.stride)
+    assert model.size_divisibility == 32
+
+
+def test_fpn_on_res3_to_res5_adds_p6_from_p5():
+    model = make_resnet_fpn(18, in_features=("res3", "res4", "res5"), out_channels=16).eval()
+    assert {k: v.stride for k, v in model.output_shape().items()} == {
+        "p3": 8, "p4": 16, "p5": 32, "p6": 64
+    }
+    with torch.no_grad():
+        outputs = model(torch.zeros(1, 3, 64, 64))
+    assert torch.equal(outputs["p6"], outputs["p5"][:, :, ::2, ::2])
+
+
+def test_bad_fpn_options_name_the_option():
+    with pytest.raises(BackboneOptionError, match="fuse_type='max'.*'sum', 'avg'"):
+        make_resnet_fpn(18, fuse_type="max")
+    with pytest.raises(BackboneOptionError, match="in_features.*strides double"):
+        make_resnet_fpn(18, in_features=("res2", "res4"))
+    with pytest.raises(TypeError, match="dpeth"):
+        make_resnet_fpn(dpeth=50)

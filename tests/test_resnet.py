@@ -1,0 +1,142 @@
+"""The ResNet family: every depth builds, shapes, freezing, errors, parameter counts and FLOPs."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torchvision
+from detectron2.layers import FrozenBatchNorm2d
+from fvcore.nn import FlopCountAnalysis
+from torch import nn
+
+from backbones import DEPTHS, NORMS, PRESETS, BackboneOptionError, make_resnet
+
+
+def tiny(depth: int, **options):
+    """Full topology of ``depth`` with shrunk widths."""
+    widths = dict(stem_out_channels=8, res2_out_channels=8 if depth < 26 else 16)
+    return make_resnet(depth, width_per_group=4, norm="BN", **{**widths, **options})
+
+
+@pytest.mark.parametrize("depth", sorted(DEPTHS))
+@pytest.mark.parametrize("memory_format", ["channels_last", "contiguous"])
+def test_every_depth_builds_and_output_shape_matches_tensors(depth, memory_format):
+    model = tiny(depth, out_features=("stem", "res2", "res3", "res4", "res5"),
+                 memory_format=memory_format).eval()
+    blocks = [len(getattr(model, name)) for name in ("res2", "res3", "res4", "res5")]
+    assert tuple(blocks) == DEPTHS[depth].blocks_per_stage
+    with torch.no_grad():
+        outputs = model(torch.randn(1, 3, 64, 96))
+    assert list(outputs) == ["stem", "res2", "res3", "res4", "res5"]
+    for name, spec in model.output_shape().items():
+        assert outputs[name].shape == (1, spec.channels, 64 // spec.stride, 96 // spec.stride)
+        assert outputs[name].is_contiguous(
+            memory_format=getattr(torch, memory_format, torch.contiguous_format)
+        )
+
+
+def test_memory_formats_give_the_same_features():
+    torch.manual_seed(0)
+    a = tiny(50, memory_format="channels_last").eval()
+    b = tiny(50, memory_format="contiguous").eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for name, value in a(x).items():
+            torch.testing.assert_close(value, b(x)[name], rtol=1e-4, atol=1e-5)
+
+
+def test_res5_dilation_keeps_stride_16():
+    model = tiny(50, res5_dilation=2)
+    assert model.output_shape()["res5"].stride == 16
+    assert model.res5[0].conv2.dilation == (2, 2) and model.res5[0].conv2.padding == (2, 2)
+
+
+def test_unused_stages_are_not_built():
+    model = tiny(50, out_features=("res3",))
+    assert not hasattr(model, "res4") and not hasattr(model, "res5")
+
+
+def test_freeze_at_freezes_stem_and_res2_only():
+    model = tiny(50, freeze_at=2)
+    frozen = {n.split(".")[0] for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert frozen == {"stem", "res2"} and trainable == {"res3", "res4", "res5"}
+    assert isinstance(model.res2[0].conv1.norm, FrozenBatchNorm2d)
+    assert isinstance(model.res3[0].conv1.norm, nn.BatchNorm2d)
+
+
+def test_zero_init_residual_makes_blocks_start_as_identity():
+    model = tiny(18, zero_init_residual=True)
+    assert all(block.conv2.norm.weight.abs().sum() == 0 for block in model.res3)
+    assert model.res3[0].conv1.norm.weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(depth=77), r"depth=77 is not supported; allowed: 18, 26, 34, 50, 101, 152, 200"),
+        (dict(depth=18, num_groups=32), r"num_groups=32 .*basic blocks.*allowed: 1"),
+        (dict(depth=34, res5_dilation=2), r"res5_dilation=2 .*basic blocks.*allowed: 1"),
+        (dict(depth=50, res5_dilation=4), r"res5_dilation=4 .*allowed: 1, 2"),
+        (dict(depth=50, norm="LayerNorm"), r"norm='LayerNorm' .*allowed: 'FrozenBN', 'BN'"),
+        (dict(depth=50, out_features=("res6",)), r"out_features='res6' .*'stem', 'res2'"),
+        (dict(depth=50, freeze_at=9), r"freeze_at=9 .*allowed: 0, 1, 2, 3, 4, 5"),
+        (dict(depth=50, memory_format="nhwc"), r"memory_format='nhwc' .*'channels_last'"),
+        (dict(depth=50, width_per_group=0), r"width_per_group=0 .*positive integer"),
+    ],
+)
+def test_bad_options_name_the_option_and_the_allowed_values(options, message):
+    with pytest.raises(BackboneOptionError, match=message):
+        make_resnet(**options)
+
+
+def test_every_named_norm_builds():
+    for norm in NORMS:
+        model = make_resnet(50, norm=norm, stem_out_channels=32, res2_out_channels=64,
+                            width_per_group=32, memory_format="contiguous")
+        assert model.output_shape()["res5"].channels == 512
+
+
+# torchvision architecture -> our preset; V1 and V2 weights share these shapes.
+TORCHVISION = {
+    "resnet18": "R-18",
+    "resnet34": "R-34",
+    "resnet50": "R-50",
+    "resnet101": "R-101",
+    "resnet152": "R-152",
+    "resnext50_32x4d": "X-50-32x4d",
+    "resnext101_32x8d": "X-101-32x8d",
+    "resnext101_64x4d": "X-101-64x4d",
+    "wide_resnet50_2": "W-50-2",
+    "wide_resnet101_2": "W-101-2",
+}
+
+
+@pytest.mark.parametrize("arch", TORCHVISION)
+def test_parameter_count_equals_torchvision(arch):
+    """Same weights as torchvision's model less its classifier (BN in training form)."""
+    with torch.device("meta"):
+        reference = getattr(torchvision.models, arch)()
+        ours = make_resnet(**PRESETS[TORCHVISION[arch]], norm="BN", stride_in_1x1=False)
+    expected = sum(p.numel() for n, p in reference.named_parameters() if not n.startswith("fc."))
+    assert sum(p.numel() for p in ours.parameters()) == expected
+    expected_buffers = sum(b.numel() for b in reference.buffers())
+    assert sum(b.numel() for b in ours.buffers()) == expected_buffers
+
+
+# Table 1 of He et al. (2015): FLOPs (multiply-adds) at 224x224, MSRA stride placement.
+PAPER_GFLOPS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
+
+
+@pytest.mark.parametrize("depth", sorted(PAPER_GFLOPS))
+def test_flops_equal_the_paper(depth):
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    model = make_resnet(depth, out_features=("res5",), memory_format="contiguous").eval()
+    counter = FlopCountAnalysis(model, torch.zeros(1, 3, 224, 224))
+    counter.unsupported_ops_warnings(False)
+    # The paper adds the 1000-way classifier (2048 x 1000 or 512 x 1000) and rounds to 0.1 G.
+    classifier = model.output_shape()["res5"].channels * 1000
+    gflops = (counter.total() + classifier) / 1e9
+    assert gflops == pytest.approx(PAPER_GFLOPS[depth], rel=0.02)
