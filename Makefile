@@ -1,0 +1,30 @@
+# `make demo`: train + evaluate Mask R-CNN on the embedded shapes data (CPU, ~10 min).
+# `make test`: the whole test suite (end-to-end runs included). Both set up .venv first.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+READY := $(VENV)/.backbones-ready
+DEMO_CONFIG ?= configs/mrcnn_r18_shapes.yaml
+DEMO_DIR ?= output/demo
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(READY)
+
+# Re-runs only when the setup inputs change; every step inside skips what is installed.
+$(READY): setup.py tools/setup_env.py
+	python3 tools/setup_env.py --venv $(VENV) --stamp $@
+
+# --resume: a second run skips the finished training and only evaluates and draws again.
+demo: $(READY)
+	$(PYTHON) tools/train_net.py --config-file $(DEMO_CONFIG) --resume OUTPUT_DIR $(DEMO_DIR)
+	$(PYTHON) tools/visualize_predictions.py --config-file $(DEMO_CONFIG) \
+		--weights $(DEMO_DIR)/model_final.pth --output $(DEMO_DIR)/predictions
+
+test: $(READY)
+	$(PYTHON) -m pytest -m "slow or not slow"
+
+test-fast: $(READY)
+	$(PYTHON) -m pytest
+
+clean:
+	rm -rf $(VENV) output

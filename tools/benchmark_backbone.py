@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Benchmark our ResNet-FPN against Detectron2's built-in one (same weights, same process)."""
+import argparse
+import warnings
+
+import torch
+from detectron2.config import get_cfg
+
+from backbones import add_backbones_config
+from backbones.benchmark import benchmark_fpn
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--config-file", default="", help="optional YAML; default: R-50-FPN")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--modes", nargs="+", default=["inference", "train"])
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = ap.parse_args()
+    cfg = add_backbones_config(get_cfg())
+    cfg.MODEL.RESNETS.OUT_FEATURES = cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    warnings.filterwarnings("ignore", message=".*no MODEL.WEIGHTS.*")
+    r = cfg.MODEL.RESNETS
+    print(f"R-{r.DEPTH}-FPN ({r.NUM_GROUPS}x{r.WIDTH_PER_GROUP}d, norm {r.NORM}), batch "
+          f"{args.batch} x {args.size[0]}x{args.size[1]}, {args.device}, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, ours in "
+          f"{cfg.MODEL.BACKBONES.MEMORY_FORMAT}")
+    for t in benchmark_fpn(cfg, batch=args.batch, size=tuple(args.size), iters=args.iters,
+                           modes=tuple(args.modes), device=args.device):
+        print(f"{t.mode:>9}: detectron2 {t.detectron2_s * 1e3:8.1f} ms   ours "
+              f"{t.ours_s * 1e3:8.1f} ms   speedup x{t.speedup:.2f}")
+
+
+if __name__ == "__main__":
+    main()
