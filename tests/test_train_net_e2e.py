@@ -1,0 +1,203 @@
+"""End-to-end runs of ``tools/train_net.py`` and ``tools/visualize_predictions.py`` on CPU.
+
+The demo config (``configs/mrcnn_r18_shapes.yaml``) shrunk to seconds: 8 training and 4
+validation images of 128 px, slim heads, 4 iterations of batch 2. Each command runs in a fresh
+Python, as a user runs it, after registering that tiny shapes split (see ``_WRAPPER``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from backbones.engine import load_metrics
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "mrcnn_r18_shapes.yaml"
+MAX_ITER = 4
+
+# Runs tools/<module>.<function>() with sys.argv[3:] after registering "tiny_shapes_{train,val}".
+# Spawned workers (--num-gpus 2) re-import this file as __mp_main__, so they register it too.
+_WRAPPER = """
+import importlib
+import sys
+
+sys.path.insert(0, {tools!r})
+from backbones.shapes import register_shapes
+
+register_shapes(name="tiny_shapes", num_train=8, num_val=4)
+
+if __name__ == "__main__":
+    module, function = sys.argv[1:3]
+    sys.argv = [module + ".py"] + sys.argv[3:]
+    getattr(importlib.import_module(module), function)()
+"""
+
+TINY_OPTS = [
+    "DATASETS.TRAIN", '("tiny_shapes_train",)',
+    "DATASETS.TEST", '("tiny_shapes_val",)',
+    "DATALOADER.NUM_WORKERS", "0",
+    "MODEL.FPN.OUT_CHANNELS", "64",
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "100",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "128",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM", "64",
+    "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.MAX_ITER", str(MAX_ITER),
+    "SOLVER.STEPS", "()",
+    "SOLVER.WARMUP_ITERS", "0",
+    "SOLVER.CHECKPOINT_PERIOD", "1000",
+    "TEST.EVAL_PERIOD", "0",
+]  # fmt: skip
+
+
+def run_tool(
+    tmp_path: Path, tool: str, *args: str, opts: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """Run ``tools/<tool>.py`` with the tiny config; data goes to ``tmp_path/datasets``."""
+    wrapper = tmp_path / "run_tool.py"
+    wrapper.write_text(_WRAPPER.format(tools=str(ROOT / "tools")))
+    function = {"train_net": "invoke_main", "visualize_predictions": "main"}[tool]
+    # One OpenMP thread: the model is tiny, and threads that outnumber free cores (pytest-xdist,
+    # a busy CI runner) spin-wait and made iterations up to 25x slower here.
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
+    command = [sys.executable, str(wrapper), tool, function, "--config-file", str(CONFIG), *args]
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [*command, *TINY_OPTS, *opts],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=900,
+    )
+    print(f"{tool} {' '.join(args)}: {time.perf_counter() - start:.1f} s")
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def copypaste_metrics(stdout: str) -> dict[str, dict[str, float]]:
+    """Metrics from Detectron2's ``copypaste:`` lines (``print_csv_format``), by task."""
+    lines = [
+        line.split("copypaste: ", 1)[1] for line in stdout.splitlines() if "copypaste: " in line
+    ]
+    metrics = {}
+    for i, line in enumerate(lines):
+        if line.startswith("Task: "):
+            names, values = lines[i + 1].split(","), lines[i + 2].split(",")
+            metrics[line[len("Task: ") :]] = dict(zip(names, map(float, values)))
+    return metrics
+
+
+def iterations(output_dir: Path) -> list[int]:
+    """Training iterations recorded in ``metrics.json``, in file order (no deduplication)."""
+    lines = (output_dir / "metrics.json").read_text().splitlines()
+    return [r["iteration"] for r in map(json.loads, lines) if "total_loss" in r]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One tiny training (with the evaluation after it), shared by the tests below."""
+    tmp_path = tmp_path_factory.mktemp("trained")
+    output_dir = tmp_path / "output"
+    proc = run_tool(tmp_path, "train_net", opts=("OUTPUT_DIR", str(output_dir)))
+    return output_dir, proc
+
+
+def test_train_writes_checkpoints_metrics_and_curves(trained):
+    output_dir, proc = trained
+    for name in ("model_final.pth", "config.yaml", "log.txt", "loss_curve.png"):
+        assert (output_dir / name).is_file(), name
+    assert (output_dir / "last_checkpoint").read_text().strip() == "model_final.pth"
+    assert list(output_dir.glob("events.out.tfevents.*"))
+    assert iterations(output_dir) == [MAX_ITER - 1]
+    # Evaluation after training: Trainer.build_evaluator with faster-coco-eval.
+    assert "COCO evaluation of tiny_shapes_val with faster_coco_eval" in proc.stdout
+    assert (output_dir / "inference" / "tiny_shapes_val" / "coco_instances_results.json").is_file()
+    speed = re.search(r"Overall training speed: .* \(([\d.]+) s / it\)", proc.stdout)
+    print(f"time per iteration: {speed.group(1)} s")
+
+
+def test_resume_continues_iteration_numbering(trained, tmp_path):
+    output_dir = tmp_path / "output"
+    shutil.copytree(trained[0], output_dir)
+    more = 2 * MAX_ITER
+    proc = run_tool(
+        tmp_path,
+        "train_net",
+        "--resume",
+        opts=("OUTPUT_DIR", str(output_dir), "SOLVER.MAX_ITER", str(more), "DATASETS.TEST", "()"),
+    )
+    assert f"Starting training from iteration {MAX_ITER}" in proc.stdout
+    assert iterations(output_dir) == [MAX_ITER - 1, more - 1]
+    assert [r["iteration"] for r in load_metrics(output_dir / "metrics.json")][-1] == more - 1
+    assert (output_dir / "last_checkpoint").read_text().strip() == "model_final.pth"
+
+
+def test_eval_only_reports_bbox_and_segm(trained, tmp_path):
+    output_dir = tmp_path / "output"
+    proc = run_tool(
+        tmp_path,
+        "train_net",
+        "--eval-only",
+        # Keep every detection of the barely trained model, so that there is something to rate.
+        opts=(
+            "MODEL.WEIGHTS",
+            str(trained[0] / "model_final.pth"),
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "0.0",
+            "OUTPUT_DIR",
+            str(output_dir),
+        ),
+    )
+    metrics = copypaste_metrics(proc.stdout)
+    assert set(metrics) == {"bbox", "segm"}
+    for task in ("bbox", "segm"):
+        assert set(metrics[task]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+        assert 0 <= metrics[task]["AP"] <= 100
+    inference = output_dir / "inference" / "tiny_shapes_val"
+    results = json.loads((inference / "coco_instances_results.json").read_text())
+    assert results and {"bbox", "segmentation", "score"} <= set(results[0])
+    saved = json.loads((inference / "coco_metrics.json").read_text())
+    assert saved["bbox"]["AP"] == pytest.approx(metrics["bbox"]["AP"], abs=1e-3)
+
+
+def test_two_cpu_processes(tmp_path):
+    output_dir = tmp_path / "output"
+    proc = run_tool(
+        tmp_path, "train_net", "--num-gpus", "2", "--dist-url", "auto",
+        opts=("OUTPUT_DIR", str(output_dir)),
+    )  # fmt: skip
+    assert "World size: 2" in proc.stdout
+    assert (output_dir / "log.txt.rank1").is_file()
+    assert (output_dir / "model_final.pth").is_file()
+    assert iterations(output_dir) == [MAX_ITER - 1]
+    # Distributed inference: both ranks' predictions gathered and rated on rank 0.
+    assert set(copypaste_metrics(proc.stdout)) == {"bbox", "segm"}
+
+
+def test_visualize_predictions(trained, tmp_path):
+    output_dir = tmp_path / "vis"
+    proc = run_tool(
+        tmp_path,
+        "visualize_predictions",
+        "--weights", str(trained[0] / "model_final.pth"),
+        "--output", str(output_dir),
+        "--num-images", "2",
+        "--score-thresh", "0.0",
+    )  # fmt: skip
+    written = sorted(output_dir.glob("*.png"))
+    assert len(written) == 2
+    assert {str(p) for p in written} <= set(proc.stdout.splitlines())

@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Train or evaluate an R-CNN with our ResNet-FPN backbones: Detectron2's ``train_net.py`` CLI.
+
+Runs on GPUs or on CPU (``MODEL.DEVICE cpu``, the default without CUDA; ``--num-gpus N`` then
+starts N CPU processes). Examples::
+
+    tools/train_net.py --config-file configs/frcnn_r50.yaml --num-gpus 8
+    tools/train_net.py --config-file cfg.yaml --resume                     # continue a training
+    tools/train_net.py --config-file cfg.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+import backbones  # noqa: F401  (registers our backbones and the shapes datasets)
+from backbones.engine import Trainer, launch, load_cfg, setup
+
+
+def main(args: argparse.Namespace) -> Any:
+    """Evaluate ``MODEL.WEIGHTS`` (``--eval-only``) or train; returns the evaluation results."""
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def invoke_main() -> None:
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+        # The device decides between NCCL on GPUs and gloo CPU processes.
+        device=load_cfg(args.config_file, args.opts).MODEL.DEVICE,
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()

@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Draw a model's predictions next to the ground truth for the first images of a dataset.
+
+Example::
+
+    tools/visualize_predictions.py --config-file cfg.yaml --weights out/model_final.pth \
+        --output out/vis --num-images 8 MODEL.DEVICE cpu
+"""
+from __future__ import annotations
+
+import argparse
+
+from detectron2.utils.logger import setup_logger
+
+import backbones  # noqa: F401  (registers our backbones and the shapes datasets)
+from backbones.engine import load_cfg, visualize_predictions
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-file", default="", metavar="FILE", help="path to config file")
+    parser.add_argument("--weights", required=True, help="checkpoint to load")
+    parser.add_argument("--dataset", help="registered dataset (default: first of DATASETS.TEST)")
+    parser.add_argument("--output", required=True, help="folder for the PNG files")
+    parser.add_argument("--num-images", type=int, default=8, help="how many images")
+    parser.add_argument("--score-thresh", type=float, default=0.5, help="smallest drawn score")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE pairs"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logger(name="backbones")
+    cfg = load_cfg(args.config_file, args.opts)
+    if args.dataset is None and not cfg.DATASETS.TEST:
+        raise SystemExit("No --dataset given and DATASETS.TEST is empty")
+    dataset = args.dataset or cfg.DATASETS.TEST[0]
+    paths = visualize_predictions(
+        cfg, args.weights, dataset, args.output, args.num_images, args.score_thresh
+    )
+    print("\n".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    main()
