@@ -54,7 +54,7 @@ def benchmark_fpn(
 
     Args:
         cfg: a cfg with ``add_backbones_config`` applied; ``MODEL.RESNETS.*``/``MODEL.FPN.*`` pick
-            the network, ``MODEL.BACKBONES.MEMORY_FORMAT`` our layout.
+            the network, ``BACKBONES.MEMORY_FORMAT`` our layout.
         batch, size: input batch and (height, width).
         iters, warmup: timed and untimed iterations; the median is reported.
         modes: ``"inference"`` (eval, no grad) and/or ``"train"`` (forward + backward).

@@ -38,6 +38,7 @@ from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.engine.launch import launch as d2_launch
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.file_io import PathManager
@@ -48,7 +49,8 @@ from pycocotools.coco import COCO as PyCOCO
 from pycocotools.cocoeval import COCOeval as PyCOCOeval
 from torch import nn
 
-from .config import add_backbones_config
+from .config import OPTIMIZERS, add_backbones_config
+from .errors import check_choice
 
 try:
     from faster_coco_eval import COCO as FasterCOCO
@@ -87,7 +89,7 @@ SMOOTHING_WINDOW = 20
 
 
 def load_cfg(config_file: str = "", opts: Sequence[str] | None = None) -> CfgNode:
-    """Detectron2's defaults + ``MODEL.BACKBONES`` + ``config_file`` + ``opts``, frozen.
+    """Detectron2's defaults + ``BACKBONES`` + ``config_file`` + ``opts``, frozen.
 
     A CUDA ``MODEL.DEVICE`` (Detectron2's default) becomes ``"cpu"``, with a warning, on a
     machine without CUDA, so that every YAML also runs on CPU.
@@ -529,6 +531,24 @@ class Trainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         return FasterCOCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+        """``BACKBONES.OPTIMIZER``: Detectron2's SGD, or AdamW with the same parameter groups."""
+        check_choice("BACKBONES.OPTIMIZER", cfg.BACKBONES.OPTIMIZER, OPTIMIZERS)
+        if cfg.BACKBONES.OPTIMIZER == "SGD":
+            return super().build_optimizer(cfg, model)
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+        )
+        return maybe_add_gradient_clipping(cfg, optimizer)
 
     def build_hooks(self) -> list[HookBase]:
         hooks = super().build_hooks()

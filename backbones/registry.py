@@ -29,8 +29,8 @@ CFG_KEYS = {
     "norm": "MODEL.RESNETS.NORM",
     "out_features": "MODEL.RESNETS.OUT_FEATURES",
     "freeze_at": "MODEL.BACKBONE.FREEZE_AT",
-    "memory_format": "MODEL.BACKBONES.MEMORY_FORMAT",
-    "zero_init_residual": "MODEL.BACKBONES.ZERO_INIT_RESIDUAL",
+    "memory_format": "BACKBONES.MEMORY_FORMAT",
+    "zero_init_residual": "BACKBONES.ZERO_INIT_RESIDUAL",
     "in_features": "MODEL.FPN.IN_FEATURES",
     "out_channels": "MODEL.FPN.OUT_CHANNELS",
     "fpn_norm": "MODEL.FPN.NORM",
@@ -40,9 +40,9 @@ CFG_KEYS = {
 
 def resnet_options(cfg: CfgNode, input_shape: ShapeSpec) -> dict[str, Any]:
     """The :func:`make_resnet` arguments that ``cfg`` asks for, checked against Detectron2's rules."""
-    if "BACKBONES" not in cfg.MODEL:
+    if "BACKBONES" not in cfg:
         raise KeyError(
-            "cfg has no MODEL.BACKBONES node: call backbones.add_backbones_config(cfg) before "
+            "cfg has no BACKBONES node: call backbones.add_backbones_config(cfg) before "
             "merging a config that uses the backbones_* builders"
         )
     r = cfg.MODEL.RESNETS
@@ -83,8 +83,8 @@ def resnet_options(cfg: CfgNode, input_shape: ShapeSpec) -> dict[str, Any]:
         norm=r.NORM,
         out_features=tuple(r.OUT_FEATURES),
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-        memory_format=cfg.MODEL.BACKBONES.MEMORY_FORMAT,
-        zero_init_residual=cfg.MODEL.BACKBONES.ZERO_INIT_RESIDUAL,
+        memory_format=cfg.BACKBONES.MEMORY_FORMAT,
+        zero_init_residual=cfg.BACKBONES.ZERO_INIT_RESIDUAL,
     )
 
 
@@ -97,7 +97,7 @@ def _with_cfg_keys(build, **kwargs):
 
 @BACKBONE_REGISTRY.register()
 def backbones_build_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
-    """ResNet from ``MODEL.RESNETS.*`` (Detectron2's meaning) and ``MODEL.BACKBONES.*``."""
+    """ResNet from ``MODEL.RESNETS.*`` (Detectron2's meaning) and ``BACKBONES.*``."""
     return _with_cfg_keys(make_resnet, **resnet_options(cfg, input_shape))
 
 

@@ -22,11 +22,12 @@ from detectron2.utils.events import EventStorage
 from PIL import Image
 from torch import nn
 
-from backbones import engine
+from backbones import BackboneOptionError, engine
 from backbones.engine import (
     COCO_BACKENDS,
     FasterCOCOEvaluator,
     LossCurveWriter,
+    Trainer,
     coco_stats,
     ddp_device_ids,
     launch,
@@ -197,10 +198,10 @@ def test_evaluator_auto_prefers_faster_coco_eval(coco_case):
 
 def test_load_cfg_adds_our_node_and_falls_back_to_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    cfg = load_cfg(opts=["MODEL.BACKBONES.MEMORY_FORMAT", "contiguous"])
+    cfg = load_cfg(opts=["BACKBONES.MEMORY_FORMAT", "contiguous"])
     assert cfg.is_frozen()
     assert cfg.MODEL.DEVICE == "cpu"
-    assert cfg.MODEL.BACKBONES.MEMORY_FORMAT == "contiguous"
+    assert cfg.BACKBONES.MEMORY_FORMAT == "contiguous"
 
 
 def test_ddp_device_ids(monkeypatch):

@@ -23,7 +23,7 @@ CASES = {
 
 def build_pair(memory_format: str, fpn_norm: str = "", **resnets):
     cfg = make_cfg(**resnets)
-    cfg.MODEL.BACKBONES.MEMORY_FORMAT = memory_format
+    cfg.BACKBONES.MEMORY_FORMAT = memory_format
     cfg.MODEL.FPN.NORM = fpn_norm
     reference = randomize_(build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3))).eval()
     ours = backbones_build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3)).eval()

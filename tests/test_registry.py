@@ -27,7 +27,7 @@ def test_builders_are_registered_with_the_package_prefix():
 @pytest.mark.parametrize("res5_dilation", [1, 2])
 def test_resnet_outputs_equal_detectron2_with_res5_dilation(res5_dilation):
     cfg = make_cfg(depth=50, res5_dilation=res5_dilation, norm="BN")
-    cfg.MODEL.BACKBONES.MEMORY_FORMAT = "contiguous"
+    cfg.BACKBONES.MEMORY_FORMAT = "contiguous"
     reference = randomize_(build_resnet_backbone(cfg, RGB)).eval()
     ours = backbones_build_resnet_backbone(cfg, RGB).eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
@@ -79,8 +79,8 @@ def test_basic_blocks_need_res2_width_64_as_in_detectron2():
 
 def test_memory_format_key_is_checked():
     cfg = make_cfg(depth=50)
-    cfg.MODEL.BACKBONES.MEMORY_FORMAT = "NHWC"
-    with pytest.raises(BackboneOptionError, match=r"MODEL\.BACKBONES\.MEMORY_FORMAT='NHWC'"):
+    cfg.BACKBONES.MEMORY_FORMAT = "NHWC"
+    with pytest.raises(BackboneOptionError, match=r"BACKBONES\.MEMORY_FORMAT='NHWC'"):
         backbones_build_resnet_backbone(cfg, RGB)
 
 

@@ -30,7 +30,7 @@ def main() -> None:
     print(f"R-{r.DEPTH}-FPN ({r.NUM_GROUPS}x{r.WIDTH_PER_GROUP}d, norm {r.NORM}), batch "
           f"{args.batch} x {args.size[0]}x{args.size[1]}, {args.device}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, ours in "
-          f"{cfg.MODEL.BACKBONES.MEMORY_FORMAT}")
+          f"{cfg.BACKBONES.MEMORY_FORMAT}")
     for t in benchmark_fpn(cfg, batch=args.batch, size=tuple(args.size), iters=args.iters,
                            modes=tuple(args.modes), device=args.device):
         print(f"{t.mode:>9}: detectron2 {t.detectron2_s * 1e3:8.1f} ms   ours "
