@@ -10,7 +10,7 @@ from typing import Callable, Union
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import CNNBlockBase, Conv2d, get_norm
+from detectron2.layers import CNNBlockBase, Conv2d, FrozenBatchNorm2d, get_norm
 from fvcore.nn import weight_init
 from torch import nn
 
@@ -18,6 +18,34 @@ from torch import nn
 # `channels -> nn.Module` is accepted as well.
 NORMS = ("FrozenBN", "BN", "SyncBN", "naiveSyncBN", "GN")
 Norm = Union[str, Callable[[int], nn.Module]]
+
+
+class ConvNorm(Conv2d):
+    """Detectron2's ``Conv2d`` (same attributes: ``weight``, ``bias``, ``norm``, ``activation``)
+    that folds a ``FrozenBatchNorm2d`` into the convolution.
+
+    Frozen BN is the per-channel affine map ``y = x * s + t`` with constant ``s`` and ``t``, so
+    ``conv(x, w) * s + t == conv(x, w * s) + t``: one pass over the activations instead of two.
+    The fold is recomputed from the parameters at every call, so gradients for ``w`` are exact and
+    checkpoints keep Detectron2's keys. Other norms run after the conv, as in Detectron2.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm, bias = self.norm, self.bias
+        if isinstance(norm, FrozenBatchNorm2d):
+            scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+            shift = norm.bias - norm.running_mean * scale
+            if bias is not None:
+                shift = shift + bias * scale
+            weight = self.weight * scale.reshape(-1, 1, 1, 1)
+            x = F.conv2d(x, weight, shift, self.stride, self.padding, self.dilation, self.groups)
+        else:
+            x = F.conv2d(x, self.weight, bias, self.stride, self.padding, self.dilation, self.groups)
+            if norm is not None:
+                x = norm(x)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
 
 
 def conv_norm(
@@ -31,7 +59,7 @@ def conv_norm(
     groups: int = 1,
 ) -> Conv2d:
     """A bias-free conv with its norm layer as ``.norm``, MSRA-initialised ("same" padding)."""
-    conv = Conv2d(
+    conv = ConvNorm(
         in_channels,
         out_channels,
         kernel_size=kernel_size,
@@ -58,6 +86,8 @@ class BasicBlock(CNNBlockBase):
         )
         self.conv1 = conv_norm(in_channels, out_channels, 3, stride=stride, norm=norm)
         self.conv2 = conv_norm(out_channels, out_channels, 3, norm=norm)
+
+    __jit_unused_properties__ = ["last_norm"]  # TorchScript: a build-time helper only
 
     @property
     def last_norm(self) -> nn.Module:
@@ -104,6 +134,8 @@ class BottleneckBlock(CNNBlockBase):
             norm=norm,
         )
         self.conv3 = conv_norm(bottleneck_channels, out_channels, 1, norm=norm)
+
+    __jit_unused_properties__ = ["last_norm"]  # TorchScript: a build-time helper only
 
     @property
     def last_norm(self) -> nn.Module:

@@ -10,12 +10,12 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling.backbone import Backbone
 from fvcore.nn import weight_init
 from torch import nn
 
-from .blocks import NORMS
+from .blocks import NORMS, ConvNorm
 from .errors import BackboneOptionError, check_choice
 from .resnet import STAGE_NAMES, make_resnet
 
@@ -81,14 +81,14 @@ class FPN(Backbone):
         lateral_convs, output_convs = [], []
         for name, stride in zip(in_features, strides):
             level = int(math.log2(stride))
-            lateral = Conv2d(
+            lateral = ConvNorm(
                 shapes[name].channels,
                 out_channels,
                 kernel_size=1,
                 bias=not norm,
                 norm=get_norm(norm, out_channels),
             )
-            output = Conv2d(
+            output = ConvNorm(
                 out_channels,
                 out_channels,
                 kernel_size=3,

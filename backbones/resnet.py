@@ -79,7 +79,7 @@ class ResNet(Backbone):
             (8), ``res4`` (16), ``res5`` (32; 16 with res5 dilation).
         """
         if x.dim() != 4:
-            raise ValueError(f"ResNet takes images of shape (N, C, H, W), got {tuple(x.shape)}")
+            raise ValueError(f"ResNet takes images of shape (N, C, H, W), got {x.dim()} dims")
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         outputs = {}

@@ -31,6 +31,14 @@ def build_pair(memory_format: str, fpn_norm: str = "", **resnets):
     return reference, ours
 
 
+def assert_close_to_scale(actual, expected, tol: float) -> None:
+    """max |actual - expected| <= tol * max(1, max |expected|): float rounding grows with the
+    magnitude of what is computed, so deep nets are compared relative to their output scale."""
+    scale = max(1.0, expected.abs().max().item())
+    diff = (actual - expected).abs().max().item()
+    assert diff <= tol * scale, f"max abs diff {diff:.2e} > {tol:.0e} x scale {scale:.1f}"
+
+
 def max_diffs(reference, ours, dtype=torch.float32) -> dict[str, float]:
     x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(0), dtype=dtype)
     with torch.no_grad():
@@ -39,19 +47,43 @@ def max_diffs(reference, ours, dtype=torch.float32) -> dict[str, float]:
     return {name: (actual[name] - expected[name]).abs().max().item() for name in expected}
 
 
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("case", CASES)
-def test_outputs_equal_detectron2(case):
-    reference, ours = build_pair("contiguous", **CASES[case])
-    diffs = max_diffs(reference, ours)
-    assert max(diffs.values()) <= 1e-5, diffs
-
-
-@pytest.mark.parametrize("case", ["R50", "X50-32x4d"])
-def test_channels_last_equal_detectron2_in_float64(case):
-    # channels_last kernels sum in another order: compare in float64 to see structure only.
-    reference, ours = build_pair("channels_last", **CASES[case])
+def test_outputs_equal_detectron2_in_float64(case, memory_format):
+    """Equal networks: float64 leaves only rounding (measured <= 2e-13 for every case)."""
+    reference, ours = build_pair(memory_format, **CASES[case])
     diffs = max_diffs(reference, ours, torch.float64)
-    assert max(diffs.values()) <= 1e-5, diffs
+    assert max(diffs.values()) <= 1e-10, diffs
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_outputs_equal_detectron2_in_float32(case):
+    """In float32 our fast paths (FrozenBN folded into the conv, channels-last kernels) round
+    differently: within 1e-5 of the output scale (measured: 2e-5 on R-101's outputs of ~21,
+    9.5e-5 on GN's of ~12 where channels-last GN sums in another order, ~3e-6 elsewhere)."""
+    reference, ours = build_pair("channels_last", **CASES[case])
+    x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, actual = reference(x), ours(x)
+    for name in expected:
+        assert_close_to_scale(actual[name], expected[name], 1e-5)
+
+
+def test_without_fast_paths_outputs_are_bit_identical():
+    reference, ours = build_pair("contiguous", **CASES["R50-BN"])
+    assert max(max_diffs(reference, ours).values()) == 0.0
+
+
+@pytest.mark.parametrize("case", ["R18", "R50", "R50-BN"])
+def test_gradients_equal_detectron2(case):
+    """Training parity: folding FrozenBN into the conv keeps the conv weights' gradients."""
+    reference, ours = build_pair("channels_last", **CASES[case])
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for model in (reference.double().train(), ours.double().train()):
+        sum((f * f).mean() for f in model(x).values()).backward()
+    expected = dict(reference.named_parameters())
+    for name, param in ours.named_parameters():
+        assert_close_to_scale(param.grad, expected[name].grad, 1e-9)
 
 
 def test_fpn_norm_and_names_load_into_detectron2_strictly():
