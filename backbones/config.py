@@ -31,8 +31,8 @@ def add_backbones_config(cfg: CN) -> CN:
     # The optimizer of backbones.engine.Trainer. Options:
     #   "SGD": Detectron2's (SOLVER.BASE_LR, MOMENTUM, NESTEROV, WEIGHT_DECAY, ...);
     #   "AdamW": Loshchilov & Hutter (2019) with SOLVER.BASE_LR and SOLVER.WEIGHT_DECAY (norm and
-    #   bias decay, bias LR factor and gradient clipping as in SOLVER.*). Learns several times
-    #   faster from scratch on small data (measured on shapes: box AP 25.7 vs 3.5 after 400
-    #   iterations at batch 4).
+    #   bias decay, bias LR factor and gradient clipping as in SOLVER.*). Learns faster from
+    #   scratch on small data (measured on shapes, batch 4, after 200 iterations: box AP 9.3 with
+    #   AdamW at LR 1e-3, 3.5 with SGD at LR 0.02).
     cfg.BACKBONES.OPTIMIZER = "SGD"
     return cfg
