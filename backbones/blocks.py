@@ -48,6 +48,15 @@ class ConvNorm(Conv2d):
         return x
 
 
+def projection_shortcut(
+    in_channels: int, out_channels: int, stride: int, norm: Norm
+) -> ConvNorm | None:
+    """The 1x1 projection of a residual block whose shape changes; None for the identity."""
+    if in_channels == out_channels and stride == 1:
+        return None
+    return conv_norm(in_channels, out_channels, 1, stride=stride, norm=norm)
+
+
 def conv_norm(
     in_channels: int,
     out_channels: int,
@@ -79,11 +88,7 @@ class BasicBlock(CNNBlockBase):
 
     def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm: Norm = "BN"):
         super().__init__(in_channels, out_channels, stride)
-        self.shortcut = (
-            conv_norm(in_channels, out_channels, 1, stride=stride, norm=norm)
-            if in_channels != out_channels or stride != 1
-            else None
-        )
+        self.shortcut = projection_shortcut(in_channels, out_channels, stride, norm)
         self.conv1 = conv_norm(in_channels, out_channels, 3, stride=stride, norm=norm)
         self.conv2 = conv_norm(out_channels, out_channels, 3, norm=norm)
 
@@ -115,11 +120,7 @@ class BottleneckBlock(CNNBlockBase):
         dilation: int = 1,
     ):
         super().__init__(in_channels, out_channels, stride)
-        self.shortcut = (
-            conv_norm(in_channels, out_channels, 1, stride=stride, norm=norm)
-            if in_channels != out_channels or stride != 1
-            else None
-        )
+        self.shortcut = projection_shortcut(in_channels, out_channels, stride, norm)
         # MSRA's original models stride in the first 1x1 conv; torchvision ("ResNet v1.5") and
         # FAIR's later models stride in the 3x3.
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)

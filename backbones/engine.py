@@ -526,7 +526,10 @@ class Trainer(DefaultTrainer):
         ``OUTPUT_DIR/inference/<dataset_name>`` unless ``output_folder`` is given."""
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
         if evaluator_type != "coco":
-            raise NotImplementedError(f"No evaluator for evaluator_type={evaluator_type!r}")
+            raise ValueError(
+                f"Dataset {dataset_name!r} has evaluator_type={evaluator_type!r}; this trainer "
+                "evaluates 'coco' datasets only (COCO-format instances)"
+            )
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)

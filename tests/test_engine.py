@@ -373,3 +373,28 @@ def test_loss_curve_writer_never_raises(tmp_path, caplog):
     with EventStorage():
         assert LossCurveWriter(str(tmp_path)).write() is None
     assert "Could not write loss_curve.png" in caplog.text
+
+
+def test_evaluator_for_a_non_coco_dataset_names_it():
+    from detectron2.data import MetadataCatalog
+
+    MetadataCatalog.get("not_coco_for_test").set(evaluator_type="sem_seg")
+    try:
+        with pytest.raises(ValueError, match=r"'not_coco_for_test' has evaluator_type='sem_seg'"):
+            Trainer.build_evaluator(load_cfg(), "not_coco_for_test")
+    finally:
+        MetadataCatalog.remove("not_coco_for_test")
+
+
+def test_optimizer_choice_follows_backbones_optimizer():
+    cfg = load_cfg(str(ROOT / "configs" / "mrcnn_r18_shapes.yaml"), ["SOLVER.BASE_LR", "0.003"])
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    optimizer = Trainer.build_optimizer(cfg, model)
+    assert isinstance(optimizer, torch.optim.AdamW) and cfg.BACKBONES.OPTIMIZER == "AdamW"
+    assert {group["lr"] for group in optimizer.param_groups} == {0.003}
+    # Detectron2's groups: no weight decay on norm layers (SOLVER.WEIGHT_DECAY_NORM = 0).
+    assert {group["weight_decay"] for group in optimizer.param_groups} == {0.0, 0.05}
+    sgd = Trainer.build_optimizer(load_cfg(opts=["BACKBONES.OPTIMIZER", "SGD"]), model)
+    assert isinstance(sgd, torch.optim.SGD)
+    with pytest.raises(BackboneOptionError, match=r"BACKBONES\.OPTIMIZER='Adam' .*'SGD', 'AdamW'"):
+        Trainer.build_optimizer(load_cfg(opts=["BACKBONES.OPTIMIZER", "Adam"]), model)
