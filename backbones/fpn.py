@@ -182,7 +182,6 @@ def make_resnet_fpn(
         an :class:`FPN`, whose ``output_shape()`` is ``p2``..``p6`` with strides 4..64.
     """
     check_choice("top_block", top_block, TOP_BLOCKS)
-    memory_format = resnet_options.get("memory_format", "channels_last")
     bottom_up = make_resnet(depth, out_features=tuple(in_features), **resnet_options)
     last_level = int(math.log2(bottom_up.output_shape()[in_features[-1]].stride))
     fpn = FPN(
@@ -193,6 +192,6 @@ def make_resnet_fpn(
         top_block=LastLevelMaxPool(f"p{last_level}") if top_block == "maxpool" else None,
         fuse_type=fuse_type,
     )
-    if memory_format == "channels_last":
+    if bottom_up.memory_format == "channels_last":  # the FPN's convs follow the ResNet's layout
         fpn.to(memory_format=torch.channels_last)
     return fpn

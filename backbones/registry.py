@@ -48,7 +48,7 @@ def resnet_options(cfg: CfgNode, input_shape: ShapeSpec) -> dict[str, Any]:
     r = cfg.MODEL.RESNETS
     if any(r.DEFORM_ON_PER_STAGE):
         raise BackboneOptionError(
-            CFG_KEYS["depth"].replace("DEPTH", "DEFORM_ON_PER_STAGE"),
+            "MODEL.RESNETS.DEFORM_ON_PER_STAGE",
             list(r.DEFORM_ON_PER_STAGE),
             "[False, False, False, False]",
             "deformable convs need detectron2._C",

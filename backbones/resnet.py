@@ -64,9 +64,9 @@ class ResNet(Backbone):
         self.stage_names = tuple(stage_names)
         self.stages = stage_modules
         self._out_features = list(out_features)
-        self._channels_last = memory_format == "channels_last"
+        self.memory_format = memory_format
         self.freeze(freeze_at)
-        if self._channels_last:
+        if memory_format == "channels_last":
             self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -80,7 +80,7 @@ class ResNet(Backbone):
         """
         if x.dim() != 4:
             raise ValueError(f"ResNet takes images of shape (N, C, H, W), got {x.dim()} dims")
-        if self._channels_last:
+        if self.memory_format == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
         outputs = {}
         x = self.stem(x)
