@@ -1,4 +1,5 @@
 """Setup for ``backbones``: the ResNet family and FPN for Detectron2 (He et al., 2015)."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -19,5 +20,17 @@ setup(
         "matplotlib",
         "numpy",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-xdist"]},
+    extras_require={
+        # torch.onnx.export (the dynamo exporter) needs onnx and onnxscript.
+        "export": ["onnx>=1.16", "onnxscript>=0.2"],
+        # timm only to write timm checkpoints in tests; onnxruntime to run exported graphs.
+        "test": [
+            "pytest>=7",
+            "pytest-xdist",
+            "timm>=1.0",
+            "onnx>=1.16",
+            "onnxscript>=0.2",
+            "onnxruntime>=1.18",
+        ],
+    },
 )
