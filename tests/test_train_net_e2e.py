@@ -1,9 +1,13 @@
-"""End-to-end runs of ``tools/train_net.py`` and ``tools/visualize_predictions.py`` on CPU.
+"""End-to-end runs of ``tools/train_net.py``, ``tools/visualize_predictions.py`` and
+``tools/demo.py`` on CPU.
 
 The demo config (``configs/mrcnn_r18_shapes.yaml``) shrunk to seconds: 8 training and 4
 validation images of 128 px, slim heads, 4 iterations of batch 2. Each command runs in a fresh
-Python, as a user runs it, after registering that tiny shapes split (see ``_WRAPPER``).
+Python, as a user runs it. The data is a user's COCO-format dataset to the tools: shapes images
+and JSON written to a temporary folder and registered from the command line, by
+``train_net.py --dataset`` or the ``BACKBONES.COCO_DATASETS`` config key.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,31 +20,17 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+from pycocotools.coco import COCO
 
 from backbones.engine import load_metrics
+from backbones.shapes import generate_shapes
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "mrcnn_r18_shapes.yaml"
 MAX_ITER = 4
-
-# Runs tools/<module>.<function>() with sys.argv[3:] after registering "tiny_shapes_{train,val}".
-# Spawned workers (--num-gpus 2) re-import this file as __mp_main__, so they register it too.
-_WRAPPER = """
-import importlib
-import sys
-
-sys.path.insert(0, {tools!r})
-from backbones.shapes import register_shapes
-
-register_shapes(name="tiny_shapes", num_train=8, num_val=4)
-
-if __name__ == "__main__":
-    module, function = sys.argv[1:3]
-    sys.argv = [module + ".py"] + sys.argv[3:]
-    getattr(importlib.import_module(module), function)()
-"""
 
 TINY_OPTS = [
     "DATASETS.TRAIN", '("tiny_shapes_train",)',
@@ -63,17 +53,35 @@ TINY_OPTS = [
 ]  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> dict[str, tuple[str, str]]:
+    """``{name: (json_file, image_root)}`` of the tiny COCO-format train and val sets."""
+    root = tmp_path_factory.mktemp("tiny_shapes")
+    return {
+        f"tiny_shapes_{split}": tuple(map(str, generate_shapes(root, split, num_images=n)))
+        for split, n in (("train", 8), ("val", 4))
+    }
+
+
+def dataset_flags(tiny_data: dict[str, tuple[str, str]]) -> list[str]:
+    """``train_net.py --dataset NAME JSON IMAGE_ROOT`` for each tiny set."""
+    return [arg for name, files in tiny_data.items() for arg in ("--dataset", name, *files)]
+
+
+def dataset_opts(tiny_data: dict[str, tuple[str, str]]) -> tuple[str, str]:
+    """The tiny sets as the ``BACKBONES.COCO_DATASETS`` config key."""
+    return "BACKBONES.COCO_DATASETS", repr([[name, *files] for name, files in tiny_data.items()])
+
+
 def run_tool(
     tmp_path: Path, tool: str, *args: str, opts: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess:
-    """Run ``tools/<tool>.py`` with the tiny config; data goes to ``tmp_path/datasets``."""
-    wrapper = tmp_path / "run_tool.py"
-    wrapper.write_text(_WRAPPER.format(tools=str(ROOT / "tools")))
-    function = {"train_net": "invoke_main", "visualize_predictions": "main"}[tool]
+    """Run ``tools/<tool>.py`` with the tiny config; other data goes to ``tmp_path/datasets``."""
     # One OpenMP thread: the model is tiny, and threads that outnumber free cores (pytest-xdist,
     # a busy CI runner) spin-wait and made iterations up to 25x slower here.
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
-    command = [sys.executable, str(wrapper), tool, function, "--config-file", str(CONFIG), *args]
+    command = [sys.executable, str(ROOT / "tools" / f"{tool}.py"), "--config-file", str(CONFIG)]
+    command += args
     start = time.perf_counter()
     proc = subprocess.run(
         [*command, *TINY_OPTS, *opts],
@@ -108,19 +116,24 @@ def iterations(output_dir: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def trained(tmp_path_factory, tiny_data) -> tuple[Path, subprocess.CompletedProcess]:
     """One tiny training (with the evaluation after it), shared by the tests below."""
     tmp_path = tmp_path_factory.mktemp("trained")
     output_dir = tmp_path / "output"
-    proc = run_tool(tmp_path, "train_net", opts=("OUTPUT_DIR", str(output_dir)))
+    proc = run_tool(
+        tmp_path, "train_net", *dataset_flags(tiny_data), opts=("OUTPUT_DIR", str(output_dir))
+    )
     return output_dir, proc
 
 
-def test_train_writes_checkpoints_metrics_and_curves(trained):
+def test_train_writes_checkpoints_metrics_and_curves(trained, tiny_data):
     output_dir, proc = trained
     for name in ("model_final.pth", "config.yaml", "log.txt", "loss_curve.png"):
         assert (output_dir / name).is_file(), name
     assert (output_dir / "last_checkpoint").read_text().strip() == "model_final.pth"
+    # The --dataset registrations are part of the saved config, so that it runs again as is.
+    saved = yaml.safe_load((output_dir / "config.yaml").read_text())
+    assert [d[0] for d in saved["BACKBONES"]["COCO_DATASETS"]] == list(tiny_data)
     assert list(output_dir.glob("events.out.tfevents.*"))
     assert iterations(output_dir) == [MAX_ITER - 1]
     # Evaluation after training: Trainer.build_evaluator with faster-coco-eval.
@@ -130,7 +143,7 @@ def test_train_writes_checkpoints_metrics_and_curves(trained):
     print(f"time per iteration: {speed.group(1)} s")
 
 
-def test_resume_continues_iteration_numbering(trained, tmp_path):
+def test_resume_continues_iteration_numbering(trained, tiny_data, tmp_path):
     output_dir = tmp_path / "output"
     shutil.copytree(trained[0], output_dir)
     more = 2 * MAX_ITER
@@ -138,6 +151,7 @@ def test_resume_continues_iteration_numbering(trained, tmp_path):
         tmp_path,
         "train_net",
         "--resume",
+        *dataset_flags(tiny_data),
         opts=("OUTPUT_DIR", str(output_dir), "SOLVER.MAX_ITER", str(more), "DATASETS.TEST", "()"),
     )
     assert f"Starting training from iteration {MAX_ITER}" in proc.stdout
@@ -146,12 +160,13 @@ def test_resume_continues_iteration_numbering(trained, tmp_path):
     assert (output_dir / "last_checkpoint").read_text().strip() == "model_final.pth"
 
 
-def test_eval_only_reports_bbox_and_segm(trained, tmp_path):
+def test_eval_only_reports_bbox_and_segm(trained, tiny_data, tmp_path):
     output_dir = tmp_path / "output"
     proc = run_tool(
         tmp_path,
         "train_net",
         "--eval-only",
+        *dataset_flags(tiny_data),
         # Keep every detection of the barely trained model, so that there is something to rate.
         opts=(
             "MODEL.WEIGHTS",
@@ -174,10 +189,11 @@ def test_eval_only_reports_bbox_and_segm(trained, tmp_path):
     assert saved["bbox"]["AP"] == pytest.approx(metrics["bbox"]["AP"], abs=1e-3)
 
 
-def test_two_cpu_processes(tmp_path):
+def test_two_cpu_processes(tiny_data, tmp_path):
     output_dir = tmp_path / "output"
+    # The workers register the datasets too: --dataset travels in the config opts.
     proc = run_tool(
-        tmp_path, "train_net", "--num-gpus", "2", "--dist-url", "auto",
+        tmp_path, "train_net", "--num-gpus", "2", "--dist-url", "auto", *dataset_flags(tiny_data),
         opts=("OUTPUT_DIR", str(output_dir)),
     )  # fmt: skip
     assert "World size: 2" in proc.stdout
@@ -188,7 +204,7 @@ def test_two_cpu_processes(tmp_path):
     assert set(copypaste_metrics(proc.stdout)) == {"bbox", "segm"}
 
 
-def test_visualize_predictions(trained, tmp_path):
+def test_visualize_predictions(trained, tiny_data, tmp_path):
     output_dir = tmp_path / "vis"
     proc = run_tool(
         tmp_path,
@@ -197,7 +213,40 @@ def test_visualize_predictions(trained, tmp_path):
         "--output", str(output_dir),
         "--num-images", "2",
         "--score-thresh", "0.0",
+        opts=dataset_opts(tiny_data),
     )  # fmt: skip
     written = sorted(output_dir.glob("*.png"))
     assert len(written) == 2
     assert {str(p) for p in written} <= set(proc.stdout.splitlines())
+
+
+def test_demo_with_trained_weights(trained, tiny_data, tmp_path):
+    json_file, image_root = tiny_data["tiny_shapes_val"]
+    output_dir = tmp_path / "demo"
+    proc = run_tool(
+        tmp_path,
+        "demo",
+        "--input", f"{image_root}/*.png",
+        "--output", str(output_dir),
+        "--confidence-threshold", "0.0",
+        "--image-format", "jpg",
+        opts=(
+            *dataset_opts(tiny_data),
+            "MODEL.WEIGHTS", str(trained[0] / "model_final.pth"),
+            "TEST.DETECTIONS_PER_IMAGE", "10",  # fewer to draw
+        ),
+    )  # fmt: skip
+    assert sorted(p.name for p in output_dir.glob("*.jpg")) == [f"{i:06d}.jpg" for i in range(1, 5)]
+    predictions = json.loads((output_dir / "predictions.json").read_text())
+    assert f"{len(predictions['annotations'])} instances on 4 images/frames" in proc.stdout
+    # Class names and dataset ids of DATASETS.TEST (tiny_shapes_val), results loadable on its GT.
+    assert [c["name"] for c in predictions["categories"]] == [
+        "circle", "square", "triangle", "star"
+    ]  # fmt: skip
+    gt = COCO(json_file)
+    assert {i["file_name"]: i["id"] for i in predictions["images"]} == {
+        str(Path(image_root) / i["file_name"]): i["id"] for i in gt.dataset["images"]
+    }
+    results = gt.loadRes(predictions["annotations"])
+    assert len(results.anns) == len(predictions["annotations"]) > 0
+    assert set(results.getCatIds()) <= {1, 2, 3, 4}
