@@ -17,6 +17,9 @@ from torch import nn
 # Norm layers accepted by name (Detectron2's `get_norm` spellings); a callable
 # `channels -> nn.Module` is accepted as well.
 NORMS = ("FrozenBN", "BN", "SyncBN", "naiveSyncBN", "GN")
+# "basic": one 7x7 conv (He et al., 2015); "deep": three 3x3 convs (ResNet-C/D of "Bag of Tricks
+# for Image Classification", He et al., 2019; timm's stem_type="deep").
+STEM_TYPES = ("basic", "deep")
 Norm = Union[str, Callable[[int], nn.Module]]
 
 
@@ -31,29 +34,87 @@ class ConvNorm(Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm, bias = self.norm, self.bias
-        if isinstance(norm, FrozenBatchNorm2d):
-            scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-            shift = norm.bias - norm.running_mean * scale
-            if bias is not None:
-                shift = shift + bias * scale
-            weight = self.weight * scale.reshape(-1, 1, 1, 1)
-            x = F.conv2d(x, weight, shift, self.stride, self.padding, self.dilation, self.groups)
+        return self._conv_norm_act(x)
+
+    def _conv_norm_act(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if isinstance(self.norm, FrozenBatchNorm2d):
+                x = self._conv_frozen_bn(x)
+            else:
+                x = self._conv_then_norm(x)
+        elif self.norm is None:
+            x = self._conv_then_norm(x)
+        # TorchScript cannot test module classes but resolves hasattr() while scripting:
+        # Detectron2's FrozenBatchNorm2d is the norm with running statistics and no momentum.
+        elif hasattr(self.norm, "running_var") and not hasattr(self.norm, "momentum"):
+            x = self._conv_frozen_bn(x)
         else:
-            x = F.conv2d(x, self.weight, bias, self.stride, self.padding, self.dilation, self.groups)
-            if norm is not None:
-                x = norm(x)
+            x = self._conv_then_norm(x)
         if self.activation is not None:
             x = self.activation(x)
         return x
 
+    def _conv_frozen_bn(self, x: torch.Tensor) -> torch.Tensor:
+        norm, bias = self.norm, self.bias
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+        shift = norm.bias - norm.running_mean * scale
+        if bias is not None:
+            shift = shift + bias * scale
+        weight = self.weight * scale.reshape(-1, 1, 1, 1)
+        return F.conv2d(x, weight, shift, self.stride, self.padding, self.dilation, self.groups)
+
+    def _conv_then_norm(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+        if self.norm is not None:
+            x = self.norm(x)
+        return x
+
+
+class AvgDownConvNorm(ConvNorm):
+    """A parameter-free 2x2 average pool, then a stride-1 :class:`ConvNorm`: the avg-down
+    projection shortcut of ResNet-D ("Bag of Tricks for Image Classification", He et al., 2019,
+    Fig. 2b), so that the shortcut sees every input pixel. Same keys as a plain ``ConvNorm``.
+
+    Pooling as in timm's ``downsample_avg``: stride 2 pools with ``ceil_mode=True`` and
+    ``count_include_pad=False``; in a dilated stage (stride 1) a 2x2 stride-1 pool over the input
+    zero-padded by one row and column at the bottom and right (timm's ``AvgPool2dSame``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, pool_stride: int, norm: Norm):
+        super().__init__(
+            in_channels, out_channels, kernel_size=1, bias=False, norm=get_norm(norm, out_channels)
+        )
+        weight_init.c2_msra_fill(self)
+        self.pool_stride = pool_stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool_stride == 1:
+            x = F.avg_pool2d(F.pad(x, (0, 1, 0, 1)), kernel_size=2, stride=1)
+        else:
+            x = F.avg_pool2d(x, 2, self.pool_stride, ceil_mode=True, count_include_pad=False)
+        return self._conv_norm_act(x)
+
 
 def projection_shortcut(
-    in_channels: int, out_channels: int, stride: int, norm: Norm
+    in_channels: int,
+    out_channels: int,
+    stride: int,
+    norm: Norm,
+    *,
+    avg_down: bool = False,
+    dilation: int = 1,
 ) -> ConvNorm | None:
-    """The 1x1 projection of a residual block whose shape changes; None for the identity."""
+    """The 1x1 projection of a residual block whose shape changes; None for the identity.
+
+    ``avg_down`` replaces a strided (or dilated) 1x1 conv by an average pool and a stride-1 conv
+    (:class:`AvgDownConvNorm`); where neither applies it is the plain 1x1 conv, as in timm.
+    """
     if in_channels == out_channels and stride == 1:
         return None
+    if avg_down and (stride > 1 or dilation > 1):
+        return AvgDownConvNorm(in_channels, out_channels, pool_stride=stride, norm=norm)
     return conv_norm(in_channels, out_channels, 1, stride=stride, norm=norm)
 
 
@@ -86,9 +147,19 @@ def conv_norm(
 class BasicBlock(CNNBlockBase):
     """Two 3x3 convs and a shortcut (projection when the shape changes): ResNet-18/34."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm: Norm = "BN"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        stride: int = 1,
+        norm: Norm = "BN",
+        avg_down: bool = False,
+    ):
         super().__init__(in_channels, out_channels, stride)
-        self.shortcut = projection_shortcut(in_channels, out_channels, stride, norm)
+        self.shortcut = projection_shortcut(
+            in_channels, out_channels, stride, norm, avg_down=avg_down
+        )
         self.conv1 = conv_norm(in_channels, out_channels, 3, stride=stride, norm=norm)
         self.conv2 = conv_norm(out_channels, out_channels, 3, norm=norm)
 
@@ -118,9 +189,12 @@ class BottleneckBlock(CNNBlockBase):
         norm: Norm = "BN",
         stride_in_1x1: bool = False,
         dilation: int = 1,
+        avg_down: bool = False,
     ):
         super().__init__(in_channels, out_channels, stride)
-        self.shortcut = projection_shortcut(in_channels, out_channels, stride, norm)
+        self.shortcut = projection_shortcut(
+            in_channels, out_channels, stride, norm, avg_down=avg_down, dilation=dilation
+        )
         # MSRA's original models stride in the first 1x1 conv; torchvision ("ResNet v1.5") and
         # FAIR's later models stride in the 3x3.
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
@@ -160,4 +234,25 @@ class BasicStem(CNNBlockBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu_(self.conv1(x))
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+
+class DeepStem(CNNBlockBase):
+    """Three 3x3 convs (the first with stride 2, widths ``width``, ``width``, ``out_channels``),
+    each with norm and ReLU, then a 3x3 stride-2 max-pool: stride 4. The ResNet-C/D stem of "Bag
+    of Tricks for Image Classification" (He et al., 2019), as timm's ``stem_type="deep"``.
+    """
+
+    def __init__(
+        self, in_channels: int = 3, out_channels: int = 64, *, width: int = 32, norm: Norm = "BN"
+    ):
+        super().__init__(in_channels, out_channels, 4)
+        self.conv1 = conv_norm(in_channels, width, 3, stride=2, norm=norm)
+        self.conv2 = conv_norm(width, width, 3, norm=norm)
+        self.conv3 = conv_norm(width, out_channels, 3, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu_(self.conv1(x))
+        x = F.relu_(self.conv2(x))
+        x = F.relu_(self.conv3(x))
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)

@@ -28,6 +28,10 @@ DEPTHS: dict[int, DepthSpec] = {
     200: DepthSpec("bottleneck", (3, 24, 36, 3)),
 }
 
+# ResNet-D of "Bag of Tricks for Image Classification" (He et al., 2019), as timm's resnet{N}d:
+# deep stem of width 32, avg-down shortcuts, stride in the 3x3.
+RESNET_D: dict[str, Any] = dict(stem_type="deep", stem_width=32, avg_down=True, stride_in_1x1=False)
+
 # Named variants as arguments of `make_resnet`; ResNeXt is "groups x width per group" (Xie et al.,
 # 2017), wide ResNets double the bottleneck width (Zagoruyko & Komodakis, 2016; torchvision's
 # wide_resnet50_2 / wide_resnet101_2).
@@ -45,4 +49,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "X-152-32x8d": dict(depth=152, num_groups=32, width_per_group=8),
     "W-50-2": dict(depth=50, width_per_group=128),
     "W-101-2": dict(depth=101, width_per_group=128),
+    "R-18-D": dict(depth=18, **RESNET_D),
+    "R-26-D": dict(depth=26, **RESNET_D),
+    "R-34-D": dict(depth=34, **RESNET_D),
+    "R-50-D": dict(depth=50, **RESNET_D),
+    "R-101-D": dict(depth=101, **RESNET_D),
+    "R-152-D": dict(depth=152, **RESNET_D),
+    "R-200-D": dict(depth=200, **RESNET_D),
 }

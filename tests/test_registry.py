@@ -11,7 +11,13 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, build_backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from helpers import make_cfg, randomize_
 
-from backbones import BackboneOptionError, ResNet, backbones_build_resnet_backbone
+from backbones import (
+    BackboneOptionError,
+    ResNet,
+    backbones_build_resnet_backbone,
+    backbones_build_resnet_fpn_backbone,
+)
+from backbones.blocks import AvgDownConvNorm
 
 RGB = ShapeSpec(channels=3)
 
@@ -74,6 +80,33 @@ def test_groups_with_basic_blocks_names_the_key():
 def test_basic_blocks_need_res2_width_64_as_in_detectron2():
     cfg = make_cfg(depth=18)  # RES2_OUT_CHANNELS keeps Detectron2's default 256
     with pytest.raises(BackboneOptionError, match=r"RES2_OUT_CHANNELS=256 .*depth 18.*allowed: 64"):
+        backbones_build_resnet_backbone(cfg, RGB)
+
+
+def test_resnet_d_keys_come_from_the_config():
+    cfg = make_cfg(depth=50, norm="BN")
+    cfg.BACKBONES.STEM_TYPE, cfg.BACKBONES.STEM_WIDTH, cfg.BACKBONES.AVG_DOWN = "deep", 16, True
+    model = backbones_build_resnet_backbone(cfg, RGB)
+    assert model.stem.conv1.out_channels == model.stem.conv2.out_channels == 16
+    assert model.stem.conv3.out_channels == cfg.MODEL.RESNETS.STEM_OUT_CHANNELS
+    assert isinstance(model.res4[0].shortcut, AvgDownConvNorm)
+    fpn = backbones_build_resnet_fpn_backbone(cfg, RGB)
+    assert isinstance(fpn.bottom_up.res4[0].shortcut, AvgDownConvNorm)
+    assert fpn.bottom_up.stem.conv2.out_channels == 16
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("STEM_TYPE", "tiered", r"BACKBONES\.STEM_TYPE='tiered' .*allowed: 'basic', 'deep'"),
+        ("STEM_WIDTH", 0, r"BACKBONES\.STEM_WIDTH=0 .*positive integer"),
+        ("AVG_DOWN", "yes", r"BACKBONES\.AVG_DOWN='yes' .*allowed: False, True"),
+    ],
+)
+def test_bad_resnet_d_values_name_the_key(key, value, message):
+    cfg = make_cfg(depth=50)
+    cfg.BACKBONES[key] = value
+    with pytest.raises(BackboneOptionError, match=message):
         backbones_build_resnet_backbone(cfg, RGB)
 
 
