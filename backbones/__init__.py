@@ -4,7 +4,7 @@ Importing the package registers ``backbones_build_resnet_backbone`` and
 ``backbones_build_resnet_fpn_backbone`` in Detectron2's ``BACKBONE_REGISTRY``, and the embedded
 datasets ``shapes_train`` / ``shapes_val`` (generated on first use) in its ``DatasetCatalog``.
 """
-from .blocks import NORMS, BasicBlock, BasicStem, BottleneckBlock
+from .blocks import NORMS, STEM_TYPES, BasicBlock, BasicStem, BottleneckBlock, DeepStem
 from .config import add_backbones_config
 from .errors import BackboneOptionError
 from .fpn import FPN, LastLevelMaxPool, make_resnet_fpn
@@ -20,6 +20,8 @@ __all__ = [
     "BackboneOptionError",
     "BasicBlock",
     "BasicStem",
+    "DeepStem",
+    "STEM_TYPES",
     "BottleneckBlock",
     "FPN",
     "LastLevelMaxPool",

@@ -28,6 +28,17 @@ def add_backbones_config(cfg: CN) -> CN:
     # starts as the identity (Goyal et al., 2017, "Accurate, Large Minibatch SGD", Sec. 5.1).
     # Helps training from scratch; no effect when weights are loaded. Options: True, False.
     cfg.BACKBONES.ZERO_INIT_RESIDUAL = False
+    # The ResNet stem. Options:
+    #   "basic": one 7x7 stride-2 conv (stem.conv1), Detectron2's and torchvision's;
+    #   "deep": three 3x3 convs (stem.conv1..3, the first stride 2), ResNet-C/D ("Bag of Tricks",
+    #   He et al., 2019), timm's resnet*d. Both end in a 3x3 stride-2 max-pool.
+    cfg.BACKBONES.STEM_TYPE = "basic"
+    # Channels of the deep stem's first two convs (its third gives MODEL.RESNETS.STEM_OUT_CHANNELS).
+    # Options: a positive integer; 32 in timm's ResNet-D. Unused by the basic stem.
+    cfg.BACKBONES.STEM_WIDTH = 32
+    # ResNet-D's projection shortcuts: a 2x2 average pool, then a stride-1 1x1 conv (timm's
+    # avg_down=True); same keys (resN.0.shortcut.*). Options: False (a strided 1x1 conv), True.
+    cfg.BACKBONES.AVG_DOWN = False
     # The optimizer of backbones.engine.Trainer. Options:
     #   "SGD": Detectron2's (SOLVER.BASE_LR, MOMENTUM, NESTEROV, WEIGHT_DECAY, ...);
     #   "AdamW": Loshchilov & Hutter (2019) with SOLVER.BASE_LR and SOLVER.WEIGHT_DECAY (norm and
@@ -35,4 +46,24 @@ def add_backbones_config(cfg: CN) -> CN:
     #   scratch on small data (measured on shapes, batch 4, after 200 iterations: box AP 9.3 with
     #   AdamW at LR 1e-3, 3.5 with SGD at LR 0.02).
     cfg.BACKBONES.OPTIMIZER = "SGD"
+    # Custom COCO-format datasets, registered (backbones.data.register_datasets_from_cfg) before
+    # models and data loaders are built, so that DATASETS.TRAIN / DATASETS.TEST can name them.
+    # A list of [name, json_file, image_root] triples, e.g. in YAML:
+    #   COCO_DATASETS: [[my_train, data/train.json, data/images], [my_val, data/val.json, ...]]
+    # tools/train_net.py --dataset NAME JSON IMAGE_ROOT appends to it.
+    cfg.BACKBONES.COCO_DATASETS = []
+    # Input settings (INPUT.FORMAT, MODEL.PIXEL_MEAN, MODEL.PIXEL_STD, MODEL.RESNETS.STRIDE_IN_1X1)
+    # from the source of MODEL.WEIGHTS (backbones.checkpoint.apply_input_settings). Options:
+    #   "auto": keys the config files and command line leave unset take the weights' values; a
+    #   key set to another value is an error naming both;
+    #   "off": keep the config as written (for those who know the weights want otherwise).
+    cfg.BACKBONES.INPUT_FROM_WEIGHTS = "auto"
+    # Weight files are read without running code: torch.load(weights_only=True) for .pth, an
+    # unpickler admitting only numpy arrays and containers for .pkl. Options: False; True to
+    # unpickle anything (runs code from the file: only for files you trust).
+    cfg.BACKBONES.TRUST_WEIGHTS_FILE = False
+    # A tensor whose shape differs between MODEL.WEIGHTS and the model is an error, except under
+    # these name prefixes, where it is skipped and reported. E.g. fine-tuning a COCO detector on
+    # other classes: ["roi_heads.box_predictor", "roi_heads.mask_head.predictor"].
+    cfg.BACKBONES.SKIP_MISMATCHED = []
     return cfg

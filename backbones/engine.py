@@ -17,9 +17,8 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -31,32 +30,25 @@ import torch.multiprocessing as mp
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor, DefaultTrainer, HookBase, default_setup
+from detectron2.engine import DefaultTrainer, HookBase, default_setup
 from detectron2.engine import defaults as d2_defaults
 from detectron2.engine.defaults import create_ddp_model as d2_create_ddp_model
 from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.engine.launch import launch as d2_launch
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
-from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
-from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
-from pycocotools.coco import COCO as PyCOCO
-from pycocotools.cocoeval import COCOeval as PyCOCOeval
 from torch import nn
 
+from .checkpoint import BackbonesCheckpointer, apply_input_settings, config_origins
 from .config import OPTIMIZERS, add_backbones_config
+from .data import register_datasets_from_cfg
 from .errors import check_choice
-
-try:
-    from faster_coco_eval import COCO as FasterCOCO
-    from faster_coco_eval import COCOeval_faster
-except ImportError:  # pragma: no cover - faster-coco-eval is a declared dependency
-    FasterCOCO = COCOeval_faster = None
+from .evaluation import COCO_BACKENDS, FasterCOCOEvaluator, coco_stats
 
 __all__ = [
     "COCO_BACKENDS",
@@ -78,8 +70,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# COCO evaluation backends, in order of preference ("auto" takes the first importable one).
-COCO_BACKENDS = ("faster_coco_eval", "pycocotools")
 # Detectron2 smooths losses with the median of the last 20 values (JSONWriter, metric printer).
 SMOOTHING_WINDOW = 20
 
@@ -92,12 +82,16 @@ def load_cfg(config_file: str = "", opts: Sequence[str] | None = None) -> CfgNod
     """Detectron2's defaults + ``BACKBONES`` + ``config_file`` + ``opts``, frozen.
 
     A CUDA ``MODEL.DEVICE`` (Detectron2's default) becomes ``"cpu"``, with a warning, on a
-    machine without CUDA, so that every YAML also runs on CPU.
+    machine without CUDA, so that every YAML also runs on CPU. The datasets of
+    ``BACKBONES.COCO_DATASETS`` are registered here, in every process that loads the config.
     """
     cfg = add_backbones_config(get_cfg())
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts or []))
+    register_datasets_from_cfg(cfg)
+    # Input settings follow the weights' source unless the YAML chain or opts set them.
+    apply_input_settings(cfg, config_origins(config_file, list(opts or [])))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is not available: using cpu", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
@@ -214,147 +208,6 @@ def _cpu_worker(
         main_func(*args)
     finally:
         dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------------------------------------
-# COCO evaluation
-
-
-def _coco_backend(backend: str) -> str:
-    if backend == "auto":
-        return COCO_BACKENDS[0] if COCOeval_faster is not None else COCO_BACKENDS[1]
-    if backend not in COCO_BACKENDS:
-        raise ValueError(f"Unknown COCO backend {backend!r}; options: auto, {COCO_BACKENDS}")
-    if backend == "faster_coco_eval" and COCOeval_faster is None:
-        raise ImportError("COCO backend 'faster_coco_eval' needs `pip install faster-coco-eval`")
-    return backend
-
-
-class FasterCOCOEvaluator(COCOEvaluator):
-    """Detectron2's ``COCOEvaluator`` computing AP with faster-coco-eval's C++ ``COCOeval``.
-
-    Same predictions, files (``coco_instances_results.json``, ``instances_predictions.pth``)
-    and metric names as ``COCOEvaluator``; never imports ``detectron2._C``. Also writes the
-    metrics to ``coco_metrics.json`` in ``output_dir``.
-    """
-
-    def __init__(
-        self,
-        dataset_name: str,
-        tasks: Iterable[str] | None = None,
-        distributed: bool = True,
-        output_dir: str | None = None,
-        *,
-        max_dets_per_image: int | None = None,
-        kpt_oks_sigmas: Sequence[float] = (),
-        allow_cached_coco: bool = True,
-        backend: str = "auto",
-    ) -> None:
-        """
-        Args:
-            backend: "faster_coco_eval", "pycocotools" (the official API), or "auto" (the first
-                importable of these two).
-            Others: as in ``detectron2.evaluation.COCOEvaluator``.
-        """
-        super().__init__(
-            dataset_name,
-            tasks=tuple(tasks) if tasks is not None else None,
-            distributed=distributed,
-            output_dir=output_dir,
-            max_dets_per_image=max_dets_per_image,
-            use_fast_impl=False,
-            kpt_oks_sigmas=kpt_oks_sigmas,
-            allow_cached_coco=allow_cached_coco,
-        )
-        self._backend = _coco_backend(backend)
-        if self._backend == "faster_coco_eval" and self._max_dets_per_image[2] != 100:
-            # Detectron2 evaluates a custom maxDets with COCOevalMaxDets, a pycocotools class.
-            logger.info("max_dets_per_image=%s: using pycocotools", self._max_dets_per_image[2])
-            self._backend = "pycocotools"
-        if self._backend == "faster_coco_eval":
-            self._coco_api = FasterCOCO(PathManager.get_local_path(self._metadata.json_file))
-            # print: the COCO summary goes to stdout, as pycocotools prints it.
-            self._cocoeval_fn = partial(COCOeval_faster, print_function=print)
-        else:
-            self._cocoeval_fn = PyCOCOeval
-        logger.info("COCO evaluation of %s with %s", dataset_name, self._backend)
-
-    @property
-    def backend(self) -> str:
-        """The COCO API that computes the metrics: "faster_coco_eval" or "pycocotools"."""
-        return self._backend
-
-    def evaluate(self, img_ids: Sequence[int] | None = None) -> dict[str, dict[str, float]]:
-        """Metrics by task ("bbox", "segm", ...) on the main process, ``{}`` on the others."""
-        results = super().evaluate(img_ids)
-        if results and self._output_dir:
-            with PathManager.open(os.path.join(self._output_dir, "coco_metrics.json"), "w") as f:
-                json.dump(results, f, indent=2)
-        return results
-
-    def _eval_predictions(
-        self, predictions: list[dict], img_ids: Sequence[int] | None = None
-    ) -> None:
-        results = [ann for p in predictions for ann in p["instances"]]
-        self._to_dataset_category_ids(results)
-        if self._output_dir:
-            path = os.path.join(self._output_dir, "coco_instances_results.json")
-            logger.info("Saving results to %s", path)
-            with PathManager.open(path, "w") as f:
-                json.dump(results, f)
-        if not self._do_evaluation:
-            logger.info("Annotations are not available for evaluation.")
-            return
-        for task in sorted(self._tasks or self._tasks_from_predictions(results)):
-            # Neither COCO API takes an empty result list; Detectron2 reports NaN metrics then.
-            coco_eval = (
-                _evaluate_predictions_on_coco(
-                    self._coco_api,
-                    results,
-                    task,
-                    kpt_oks_sigmas=self._kpt_oks_sigmas,
-                    cocoeval_fn=self._cocoeval_fn,
-                    img_ids=img_ids,
-                    max_dets_per_image=self._max_dets_per_image,
-                )
-                if results
-                else None
-            )
-            self._results[task] = self._derive_coco_results(
-                coco_eval, task, class_names=self._metadata.get("thing_classes")
-            )
-
-    def _to_dataset_category_ids(self, results: list[dict]) -> None:
-        """Map contiguous ``category_id`` (0..K-1) back to the dataset's ids, in place."""
-        id_map = self._metadata.get("thing_dataset_id_to_contiguous_id")
-        if id_map is None:
-            return
-        to_dataset = {contiguous: dataset_id for dataset_id, contiguous in id_map.items()}
-        for ann in results:
-            if ann["category_id"] not in to_dataset:
-                raise ValueError(
-                    f"Predicted class {ann['category_id']} is not in [0, {len(to_dataset) - 1}]"
-                )
-            ann["category_id"] = to_dataset[ann["category_id"]]
-
-
-def coco_stats(
-    gt_json: str | os.PathLike, results: list[dict], iou_type: str, backend: str
-) -> np.ndarray:
-    """The 12 COCO summary numbers (AP, AP50, ..., ARl) of ``results`` against ``gt_json``.
-
-    Evaluated by Detectron2's ``_evaluate_predictions_on_coco`` with the given backend, as
-    :class:`FasterCOCOEvaluator` does; the backends should agree to float precision.
-    """
-    backend = _coco_backend(backend)
-    if backend == "faster_coco_eval":
-        coco_gt, cocoeval_fn = FasterCOCO(str(gt_json)), COCOeval_faster
-    else:
-        coco_gt, cocoeval_fn = PyCOCO(str(gt_json)), PyCOCOeval
-    coco_eval = _evaluate_predictions_on_coco(
-        coco_gt, [dict(r) for r in results], iou_type, cocoeval_fn=cocoeval_fn
-    )
-    return np.asarray(coco_eval.stats[:12], dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,6 +407,15 @@ class Trainer(DefaultTrainer):
         return maybe_add_gradient_clipping(cfg, optimizer)
 
     def build_hooks(self) -> list[HookBase]:
+        # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling this; ours
+        # (safe loading of every weight format, atomic saves) replaces it before the
+        # PeriodicCheckpointer hook takes it.
+        self.checkpointer = BackbonesCheckpointer(
+            self.checkpointer.model,
+            self.cfg.OUTPUT_DIR,
+            cfg=self.cfg,
+            **self.checkpointer.checkpointables,
+        )
         hooks = super().build_hooks()
         if comm.is_main_process():
             # Last, after the PeriodicWriter that writes metrics.json.
@@ -594,16 +456,17 @@ def visualize_predictions(
     cfg.MODEL.WEIGHTS = weights
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_thresh
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = score_thresh
-    predictor = DefaultPredictor(cfg)
+    from .inference import Predictor  # inference builds models with this module's Trainer
+
+    predictor = Predictor(cfg)
     metadata = MetadataCatalog.get(dataset_name)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     written = []
     for record in DatasetCatalog.get(dataset_name)[:num_images]:
-        image_bgr = read_image(record["file_name"], format="BGR")
-        instances = predictor(image_bgr)["instances"].to("cpu")
-        image_rgb = image_bgr[:, :, ::-1]
+        image_rgb = read_image(record["file_name"], format="RGB")
+        instances = predictor(image_rgb)
         scale = max(1.0, 512 / min(image_rgb.shape[:2]))
         gt = Visualizer(image_rgb, metadata, scale=scale).draw_dataset_dict(record).get_image()
         pred = Visualizer(image_rgb, metadata, scale=scale)

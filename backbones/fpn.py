@@ -3,9 +3,11 @@
 Module names match Detectron2's ``FPN`` (``fpn_lateral{s}``, ``fpn_output{s}``, ``bottom_up``,
 ``top_block``) so that its checkpoints load unchanged.
 """
+
 from __future__ import annotations
 
 import math
+import os
 from typing import Sequence
 
 import torch
@@ -18,6 +20,7 @@ from torch import nn
 from .blocks import NORMS, ConvNorm
 from .errors import BackboneOptionError, check_choice
 from .resnet import STAGE_NAMES, make_resnet
+from .weights import Weights, read_weights
 
 FUSE_TYPES = ("sum", "avg")
 TOP_BLOCKS = ("maxpool", None)
@@ -76,11 +79,17 @@ class FPN(Backbone):
                     "features whose strides double from one to the next",
                     f"strides {strides}",
                 )
+        levels = [int(math.log2(stride)) for stride in strides]
+        if levels[0] < 2 or levels[-1] > 5:
+            raise BackboneOptionError(
+                "in_features",
+                list(in_features),
+                "features of strides 4 to 32 (P2-P5)",
+                f"strides {strides}",
+            )
         self.bottom_up = bottom_up
         self.in_features = tuple(in_features)
-        lateral_convs, output_convs = [], []
-        for name, stride in zip(in_features, strides):
-            level = int(math.log2(stride))
+        for name, level in zip(in_features, levels):
             lateral = ConvNorm(
                 shapes[name].channels,
                 out_channels,
@@ -100,11 +109,6 @@ class FPN(Backbone):
             weight_init.c2_xavier_fill(output)
             self.add_module(f"fpn_lateral{level}", lateral)
             self.add_module(f"fpn_output{level}", output)
-            lateral_convs.append(lateral)
-            output_convs.append(output)
-        # Coarsest first: the order the top-down pass visits them.
-        self.lateral_convs = lateral_convs[::-1]
-        self.output_convs = output_convs[::-1]
         self.top_block = top_block
         self._out_feature_strides = {f"p{int(math.log2(s))}": s for s in strides}
         if top_block is not None:
@@ -130,14 +134,23 @@ class FPN(Backbone):
             top block, high to low resolution.
         """
         bottom_up = self.bottom_up(x)
-        top_down = self.lateral_convs[0](bottom_up[self.in_features[-1]])
-        results = [self.output_convs[0](top_down)]
-        for index in range(1, len(self.in_features)):
-            lateral = self.lateral_convs[index](bottom_up[self.in_features[-index - 1]])
-            top_down = lateral + F.interpolate(top_down, scale_factor=2.0, mode="nearest")
-            if self._fuse_avg:
-                top_down = top_down / 2
-            results.insert(0, self.output_convs[index](top_down))
+        features = [bottom_up[name] for name in self.in_features]
+        results: list[torch.Tensor] = []
+        top_down: torch.Tensor | None = None
+        # Coarse to fine, unrolled over P5..P2: TorchScript cannot look modules up by a computed
+        # name, and it resolves hasattr() while scripting, so the levels not built drop out.
+        if hasattr(self, "fpn_lateral5"):
+            top_down = self._fuse(self.fpn_lateral5(features.pop()), top_down)
+            results.insert(0, self.fpn_output5(top_down))
+        if hasattr(self, "fpn_lateral4"):
+            top_down = self._fuse(self.fpn_lateral4(features.pop()), top_down)
+            results.insert(0, self.fpn_output4(top_down))
+        if hasattr(self, "fpn_lateral3"):
+            top_down = self._fuse(self.fpn_lateral3(features.pop()), top_down)
+            results.insert(0, self.fpn_output3(top_down))
+        if hasattr(self, "fpn_lateral2"):
+            top_down = self._fuse(self.fpn_lateral2(features.pop()), top_down)
+            results.insert(0, self.fpn_output2(top_down))
         if self.top_block is not None:
             source = self.top_block.in_feature
             if source in bottom_up:
@@ -145,7 +158,14 @@ class FPN(Backbone):
             else:
                 top_input = results[self._out_features.index(source)]
             results.extend(self.top_block(top_input))
-        return dict(zip(self._out_features, results))
+        return {name: result for name, result in zip(self._out_features, results)}
+
+    def _fuse(self, lateral: torch.Tensor, top_down: torch.Tensor | None) -> torch.Tensor:
+        """The lateral feature plus (or averaged with) the 2x upsampled coarser level, if any."""
+        if top_down is None:
+            return lateral
+        fused = lateral + F.interpolate(top_down, scale_factor=2.0, mode="nearest")
+        return fused / 2 if self._fuse_avg else fused
 
     def output_shape(self) -> dict[str, ShapeSpec]:
         return {
@@ -157,13 +177,14 @@ class FPN(Backbone):
 
 
 def make_resnet_fpn(
-    depth: int = 50,
+    depth: int | None = None,
     *,
     in_features: Sequence[str] = STAGE_NAMES,
     out_channels: int = 256,
     fpn_norm: str = "",
     fuse_type: str = "sum",
     top_block: str | None = "maxpool",
+    weights: str | os.PathLike | Weights | None = None,
     **resnet_options,
 ) -> FPN:
     """Build ``make_resnet(depth, **resnet_options)`` with an FPN on top, without any config.
@@ -175,6 +196,8 @@ def make_resnet_fpn(
         fpn_norm: norm of the FPN convs, ``""`` for none (with bias).
         fuse_type: ``"sum"`` or ``"avg"``.
         top_block: ``"maxpool"`` adds P6 by subsampling P5 (Faster/Mask R-CNN); None adds nothing.
+        weights: as in :func:`make_resnet`; an ImageNet file fills the ResNet (and decides the
+            architecture options left None), a Detectron2 detector checkpoint the FPN too.
         **resnet_options: keyword arguments of :func:`make_resnet` (unknown names raise
             TypeError); ``out_features`` is set to ``in_features``.
 
@@ -182,7 +205,11 @@ def make_resnet_fpn(
         an :class:`FPN`, whose ``output_shape()`` is ``p2``..``p6`` with strides 4..64.
     """
     check_choice("top_block", top_block, TOP_BLOCKS)
-    bottom_up = make_resnet(depth, out_features=tuple(in_features), **resnet_options)
+    if weights is not None and not isinstance(weights, Weights):
+        weights = read_weights(weights)
+    bottom_up = make_resnet(
+        depth, out_features=tuple(in_features), weights=weights, **resnet_options
+    )
     last_level = int(math.log2(bottom_up.output_shape()[in_features[-1]].stride))
     fpn = FPN(
         bottom_up,
@@ -194,4 +221,8 @@ def make_resnet_fpn(
     )
     if bottom_up.memory_format == "channels_last":  # the FPN's convs follow the ResNet's layout
         fpn.to(memory_format=torch.channels_last)
+    if weights is not None and not weights.is_backbone_only:
+        from .checkpoint import load_weights  # checkpoint imports the ResNet module
+
+        load_weights(fpn, weights)
     return fpn

@@ -31,6 +31,9 @@ CFG_KEYS = {
     "freeze_at": "MODEL.BACKBONE.FREEZE_AT",
     "memory_format": "BACKBONES.MEMORY_FORMAT",
     "zero_init_residual": "BACKBONES.ZERO_INIT_RESIDUAL",
+    "stem_type": "BACKBONES.STEM_TYPE",
+    "stem_width": "BACKBONES.STEM_WIDTH",
+    "avg_down": "BACKBONES.AVG_DOWN",
     "in_features": "MODEL.FPN.IN_FEATURES",
     "out_channels": "MODEL.FPN.OUT_CHANNELS",
     "fpn_norm": "MODEL.FPN.NORM",
@@ -85,6 +88,9 @@ def resnet_options(cfg: CfgNode, input_shape: ShapeSpec) -> dict[str, Any]:
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         memory_format=cfg.BACKBONES.MEMORY_FORMAT,
         zero_init_residual=cfg.BACKBONES.ZERO_INIT_RESIDUAL,
+        stem_type=cfg.BACKBONES.STEM_TYPE,
+        stem_width=cfg.BACKBONES.STEM_WIDTH,
+        avg_down=cfg.BACKBONES.AVG_DOWN,
     )
 
 

@@ -1,20 +1,38 @@
 """The ResNet / ResNeXt backbone (He et al., 2015; Xie et al., 2017) as a Detectron2 ``Backbone``."""
+
 from __future__ import annotations
 
-from typing import Sequence
+import os
+from typing import Any, Sequence
 
 import torch
 from detectron2.layers import CNNBlockBase, ShapeSpec
 from detectron2.modeling.backbone import Backbone
 from torch import nn
 
-from .blocks import NORMS, BasicBlock, BasicStem, BottleneckBlock, Norm
+from .blocks import NORMS, STEM_TYPES, BasicBlock, BasicStem, BottleneckBlock, DeepStem, Norm
 from .config import MEMORY_FORMATS
 from .errors import BackboneOptionError, check_choice
 from .specs import DEPTHS
+from .weights import Weights, architecture_options, read_weights
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 FEATURE_NAMES = ("stem",) + STAGE_NAMES
+
+# make_resnet's architecture options that a weights file decides when the caller passes None,
+# and their values without weights (Detectron2's defaults; stride in the 1x1 as for MSRA weights).
+ARCHITECTURE_DEFAULTS: dict[str, Any] = dict(
+    depth=50,
+    in_channels=3,
+    num_groups=1,
+    width_per_group=64,
+    stem_type="basic",
+    stem_width=32,
+    stem_out_channels=64,
+    res2_out_channels=None,  # 64 for basic blocks, 256 for bottlenecks
+    stride_in_1x1=True,
+    avg_down=False,
+)
 
 
 class ResNet(Backbone):
@@ -51,18 +69,15 @@ class ResNet(Backbone):
         self._out_feature_strides = {"stem": stride}
         self._out_feature_channels = {"stem": stem.out_channels}
         num_stages = max(FEATURE_NAMES.index(name) for name in out_features)
-        stage_names, stage_modules = [], []
+        # The stem and the stages are the only children, in order: forward() runs them in that
+        # order (a loop TorchScript unrolls), and their names are the state-dict prefixes.
         for name, blocks in zip(STAGE_NAMES, stages[:num_stages]):
-            stage = nn.Sequential(*blocks)
-            self.add_module(name, stage)
-            stage_names.append(name)
-            stage_modules.append(stage)
+            self.add_module(name, nn.Sequential(*blocks))
             for block in blocks:
                 stride *= block.stride
             self._out_feature_strides[name] = stride
             self._out_feature_channels[name] = blocks[-1].out_channels
-        self.stage_names = tuple(stage_names)
-        self.stages = stage_modules
+        self.stage_names = STAGE_NAMES[:num_stages]
         self._out_features = list(out_features)
         self.memory_format = memory_format
         self.freeze(freeze_at)
@@ -82,12 +97,9 @@ class ResNet(Backbone):
             raise ValueError(f"ResNet takes images of shape (N, C, H, W), got {x.dim()} dims")
         if self.memory_format == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
-        outputs = {}
-        x = self.stem(x)
-        if "stem" in self._out_features:
-            outputs["stem"] = x
-        for name, stage in zip(self.stage_names, self.stages):
-            x = stage(x)
+        outputs: dict[str, torch.Tensor] = {}
+        for name, module in self.named_children():  # stem, res2, ...
+            x = module(x)
             if name in self._out_features:
                 outputs[name] = x
         return outputs
@@ -99,6 +111,13 @@ class ResNet(Backbone):
             )
             for name in self._out_features
         }
+
+    __jit_unused_properties__ = ["stages"]  # TorchScript: a Python-side helper only
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        """The built stages, res2 first."""
+        return [getattr(self, name) for name in self.stage_names]
 
     def freeze(self, freeze_at: int = 0) -> "ResNet":
         """Freeze the stem (``freeze_at >= 1``) and the stages res2..res{freeze_at}."""
@@ -121,6 +140,7 @@ def make_stages(
     stride_in_1x1: bool,
     res5_dilation: int,
     norm: Norm,
+    avg_down: bool = False,
 ) -> list[list[CNNBlockBase]]:
     """The blocks of res2..res5 for ``depth`` (widths double at every stage)."""
     spec = DEPTHS[depth]
@@ -135,7 +155,9 @@ def make_stages(
         for block_index in range(num_blocks):
             stride = first_stride if block_index == 0 else 1
             if spec.block == "basic":
-                block = BasicBlock(in_channels, out_channels, stride=stride, norm=norm)
+                block = BasicBlock(
+                    in_channels, out_channels, stride=stride, norm=norm, avg_down=avg_down
+                )
             else:
                 block = BottleneckBlock(
                     in_channels,
@@ -146,6 +168,7 @@ def make_stages(
                     norm=norm,
                     stride_in_1x1=stride_in_1x1,
                     dilation=dilation,
+                    avg_down=avg_down,
                 )
             blocks.append(block)
             in_channels = out_channels
@@ -156,28 +179,40 @@ def make_stages(
 
 
 def make_resnet(
-    depth: int = 50,
+    depth: int | None = None,
     *,
-    in_channels: int = 3,
-    num_groups: int = 1,
-    width_per_group: int = 64,
-    stem_out_channels: int = 64,
+    in_channels: int | None = None,
+    num_groups: int | None = None,
+    width_per_group: int | None = None,
+    stem_type: str | None = None,
+    stem_width: int | None = None,
+    stem_out_channels: int | None = None,
     res2_out_channels: int | None = None,
-    stride_in_1x1: bool = True,
+    stride_in_1x1: bool | None = None,
     res5_dilation: int = 1,
     norm: Norm = "FrozenBN",
     out_features: Sequence[str] = STAGE_NAMES,
     freeze_at: int = 0,
     memory_format: str = "channels_last",
     zero_init_residual: bool = False,
+    avg_down: bool | None = None,
+    weights: str | os.PathLike | Weights | None = None,
 ) -> ResNet:
-    """Build a ResNet / ResNeXt of the given depth without any config.
+    """Build a ResNet / ResNeXt of the given depth without any config, optionally with weights.
+
+    The architecture options left at None take the values that ``weights`` shows (depth,
+    widths, groups, deep stem, avg-down; the stride placement of its source: in the 3x3 for
+    torchvision and timm, in the 1x1 for MSRA), and otherwise the defaults in
+    :data:`ARCHITECTURE_DEFAULTS` (Detectron2's).
 
     Args:
         depth: one of ``specs.DEPTHS`` (18, 34: basic blocks; 26, 50, 101, 152, 200: bottleneck).
         in_channels: input image channels.
         num_groups, width_per_group: ResNeXt's cardinality and the 3x3 width per group in res2
             (32 and 4 for X-50-32x4d); 1 and 64 is the plain ResNet. Bottleneck depths only.
+        stem_type: ``"basic"`` (one 7x7 conv, Detectron2 / torchvision) or ``"deep"`` (three
+            3x3 convs ``stem.conv1..3``, ResNet-C/D, timm's ``stem_type="deep"``).
+        stem_width: channels of the deep stem's first two convs (32 in timm's ResNet-D).
         stem_out_channels: channels of the stem.
         res2_out_channels: output channels of res2 (doubled at each stage); default 64 for basic
             blocks, 256 for bottlenecks.
@@ -189,14 +224,45 @@ def make_resnet(
         freeze_at: number of leading stages to freeze (stem = 1).
         memory_format: ``"channels_last"`` (faster) or ``"contiguous"``.
         zero_init_residual: start each block as identity by zeroing its last norm's scale.
+        avg_down: ResNet-D's projection shortcuts: a 2x2 average pool, then a stride-1 1x1 conv
+            (timm's ``avg_down=True``); the keys stay ``resN.0.shortcut.*``.
+        weights: a weights file of any source in :mod:`backbones.weights` (torchvision, timm,
+            Detectron2, MSRA/FAIR Caffe2), or a :class:`~backbones.weights.Weights` already read
+            (``read_weights(path, trusted=True)`` for a pickle that needs more than arrays).
+            Loaded with a report in the log; a shape mismatch raises.
 
     Returns:
         a :class:`ResNet`; its ``output_shape()`` gives channels and strides per feature.
     """
+    if weights is not None and not isinstance(weights, Weights):
+        weights = read_weights(weights)
+    given = dict(
+        depth=depth,
+        in_channels=in_channels,
+        num_groups=num_groups,
+        width_per_group=width_per_group,
+        stem_type=stem_type,
+        stem_width=stem_width,
+        stem_out_channels=stem_out_channels,
+        res2_out_channels=res2_out_channels,
+        stride_in_1x1=stride_in_1x1,
+        avg_down=avg_down,
+    )
+    arch = architecture_options(given, ARCHITECTURE_DEFAULTS, weights)
+    depth, in_channels, num_groups = arch["depth"], arch["in_channels"], arch["num_groups"]
+    width_per_group, stem_type, stem_width = (
+        arch["width_per_group"],
+        arch["stem_type"],
+        arch["stem_width"],
+    )
+    stem_out_channels, res2_out_channels = arch["stem_out_channels"], arch["res2_out_channels"]
+    stride_in_1x1, avg_down = arch["stride_in_1x1"], arch["avg_down"]
     check_choice("depth", depth, DEPTHS)
     if isinstance(norm, str):
         check_choice("norm", norm, NORMS)
     check_choice("res5_dilation", res5_dilation, (1, 2))
+    check_choice("stem_type", stem_type, STEM_TYPES)
+    check_choice("avg_down", avg_down, (False, True))
     basic = DEPTHS[depth].block == "basic"
     if basic:
         why = f"depth {depth} uses basic blocks"
@@ -207,12 +273,16 @@ def make_resnet(
     for option, value in (
         ("num_groups", num_groups),
         ("width_per_group", width_per_group),
+        ("stem_width", stem_width),
         ("stem_out_channels", stem_out_channels),
         ("res2_out_channels", res2_out_channels),
     ):
         if not isinstance(value, int) or value < 1:
             raise BackboneOptionError(option, value, "a positive integer")
-    stem = BasicStem(in_channels, stem_out_channels, norm=norm)
+    if stem_type == "deep":
+        stem = DeepStem(in_channels, stem_out_channels, width=stem_width, norm=norm)
+    else:
+        stem = BasicStem(in_channels, stem_out_channels, norm=norm)
     stages = make_stages(
         depth,
         stem_out_channels=stem_out_channels,
@@ -222,11 +292,17 @@ def make_resnet(
         stride_in_1x1=stride_in_1x1,
         res5_dilation=res5_dilation,
         norm=norm,
+        avg_down=avg_down,
     )
     if zero_init_residual:
         for block in (block for stage in stages for block in stage):
             if isinstance(getattr(block.last_norm, "weight", None), nn.Parameter):
                 nn.init.zeros_(block.last_norm.weight)
-    return ResNet(
+    model = ResNet(
         stem, stages, out_features=out_features, freeze_at=freeze_at, memory_format=memory_format
     )
+    if weights is not None:
+        from .checkpoint import load_weights  # checkpoint imports this module
+
+        load_weights(model, weights)
+    return model

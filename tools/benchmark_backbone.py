@@ -7,7 +7,7 @@ import torch
 from detectron2.config import get_cfg
 
 from backbones import add_backbones_config
-from backbones.benchmark import benchmark_fpn
+from backbones.benchmark import benchmark_detector, benchmark_fpn
 
 
 def main() -> None:
@@ -18,6 +18,13 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--modes", nargs="+", default=["inference", "train"])
+    ap.add_argument("--amp", default="", choices=["", "bf16", "fp16"], help="autocast dtype")
+    ap.add_argument(
+        "--detector",
+        action="store_true",
+        help="time a whole R-CNN training step of --config-file (e.g. configs/frcnn_r101.yaml) "
+        "on synthetic COCO-sized images instead of the backbone alone",
+    )
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = ap.parse_args()
     cfg = add_backbones_config(get_cfg())
@@ -30,9 +37,14 @@ def main() -> None:
     print(f"R-{r.DEPTH}-FPN ({r.NUM_GROUPS}x{r.WIDTH_PER_GROUP}d, norm {r.NORM}), batch "
           f"{args.batch} x {args.size[0]}x{args.size[1]}, {args.device}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, ours in "
-          f"{cfg.BACKBONES.MEMORY_FORMAT}")
-    for t in benchmark_fpn(cfg, batch=args.batch, size=tuple(args.size), iters=args.iters,
-                           modes=tuple(args.modes), device=args.device):
+          f"{cfg.BACKBONES.MEMORY_FORMAT}, amp {args.amp or 'off'}")
+    if args.detector:
+        timings = benchmark_detector(cfg, batch=args.batch, size=tuple(args.size),
+                                     iters=args.iters, device=args.device, amp=args.amp)
+    else:
+        timings = benchmark_fpn(cfg, batch=args.batch, size=tuple(args.size), iters=args.iters,
+                                modes=tuple(args.modes), device=args.device, amp=args.amp)
+    for t in timings:
         print(f"{t.mode:>9}: detectron2 {t.detectron2_s * 1e3:8.1f} ms   ours "
               f"{t.ours_s * 1e3:8.1f} ms   speedup x{t.speedup:.2f}")
 

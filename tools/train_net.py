@@ -7,18 +7,21 @@ starts N CPU processes). Examples::
     tools/train_net.py --config-file configs/frcnn_r50.yaml --num-gpus 8
     tools/train_net.py --config-file cfg.yaml --resume                     # continue a training
     tools/train_net.py --config-file cfg.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
+    tools/train_net.py --config-file cfg.yaml --dataset my_train train.json images/ \
+        --dataset my_val val.json images/ DATASETS.TRAIN '("my_train",)' DATASETS.TEST '("my_val",)'
 """
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import backbones  # noqa: F401  (registers our backbones and the shapes datasets)
+from backbones.checkpoint import BackbonesCheckpointer
+from backbones.data import dataset_opts
 from backbones.engine import Trainer, launch, load_cfg, setup
 
 
@@ -27,7 +30,7 @@ def main(args: argparse.Namespace) -> Any:
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        BackbonesCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)
@@ -40,8 +43,25 @@ def main(args: argparse.Namespace) -> Any:
     return trainer.train()
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Detectron2's arguments plus ``--dataset``, whose triples join ``BACKBONES.COCO_DATASETS``
+    in ``args.opts`` (so that launched workers register them too)."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--dataset",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO-format dataset under NAME for DATASETS.TRAIN/TEST (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    args.opts = dataset_opts(args.config_file, args.opts, args.dataset)
+    return args
+
+
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    args = parse_args()
     print("Command Line Args:", args)
     launch(
         main,

@@ -1,0 +1,413 @@
+"""Weight files of every source: safe reading, format detection, renaming, input settings."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
+from helpers import make_cfg, randomize_
+from torch import nn
+
+from backbones import make_resnet
+from backbones.checkpoint import (
+    BackbonesCheckpointer,
+    InputSettingsError,
+    WeightsShapeError,
+    apply_input_settings,
+    config_origins,
+    load_weights,
+)
+from backbones.engine import load_cfg
+from backbones.weights import (
+    MSRA_INPUT,
+    TORCHVISION_INPUT,
+    UnsafeWeightsError,
+    WeightsFormatError,
+    read_file,
+    read_weights,
+    weights_from_object,
+)
+
+# torchvision's ResNet family: constructor -> what our architecture reads from its tensors.
+TORCHVISION = {
+    "resnet18": dict(depth=18),
+    "resnet34": dict(depth=34),
+    "resnet50": dict(depth=50, num_groups=1, width_per_group=64),
+    "resnet101": dict(depth=101, num_groups=1, width_per_group=64),
+    "resnet152": dict(depth=152, num_groups=1, width_per_group=64),
+    "resnext50_32x4d": dict(depth=50, num_groups=32, width_per_group=4),
+    "resnext101_32x8d": dict(depth=101, num_groups=32, width_per_group=8),
+    "resnext101_64x4d": dict(depth=101, num_groups=64, width_per_group=4),
+    "wide_resnet50_2": dict(depth=50, num_groups=1, width_per_group=128),
+    "wide_resnet101_2": dict(depth=101, num_groups=1, width_per_group=128),
+}
+# Full-size models take seconds each to build on 2 cores: the deep ones run with the slow tests.
+SLOW = {"resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2", "resnet101"}
+
+
+def torchvision_model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return randomize_(getattr(torchvision.models, name)()).eval()
+
+
+def torchvision_features(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    y = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    out = {}
+    for i in range(1, 5):
+        y = getattr(model, f"layer{i}")(y)
+        out[f"res{i + 1}"] = y
+    return out
+
+
+def assert_features_equal(ours: nn.Module, reference: dict, x: torch.Tensor, tol: float) -> None:
+    with torch.no_grad():
+        actual = ours(x)
+    for name, expected in reference.items():
+        diff = (actual[name] - expected).abs().max().item()
+        assert diff <= tol, f"{name}: max abs diff {diff:.2e} > {tol:.0e}"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in TORCHVISION],
+)
+def test_torchvision_state_dicts_reproduce_torchvision_features(name, tmp_path):
+    tv = torchvision_model(name)
+    path = tmp_path / f"{name}.pth"
+    torch.save(tv.state_dict(), path)
+    weights = read_weights(path)
+    assert weights.source == "torchvision" and weights.input == TORCHVISION_INPUT
+    assert {k: weights.architecture[k] for k in TORCHVISION[name]} == TORCHVISION[name]
+    assert weights.unused == ["fc.weight", "fc.bias"]
+    # The plain constructor builds torchvision's stride placement from the file by itself.
+    ours = make_resnet(TORCHVISION[name]["depth"], weights=str(path)).eval()
+    if hasattr(ours.res3[0], "conv3"):  # bottleneck: res3's stride sits in its 3x3
+        assert ours.res3[0].conv1.stride == (1, 1) and ours.res3[0].conv2.stride == (2, 2)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = torchvision_features(tv, x)
+    assert_features_equal(ours, reference, x, 1e-4)
+
+
+def caffe2_blobs(model: nn.Module) -> dict[str, np.ndarray]:
+    """Write a Detectron2 ResNet (FrozenBN) in the naming of MSRA's Caffe2 pickles, BN folded
+    into an affine scale and bias as Caffe2 stored it (written here independently of the
+    converter under test)."""
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    blobs = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[-1] in ("running_mean", "running_var") or parts[-2:] == ["norm", "bias"]:
+            continue
+        if parts[0] == "stem":
+            c2 = "conv1" if parts[-2] == "conv1" else "res_conv1_bn"
+        else:
+            stage, block, module = parts[0][3:], parts[1], parts[2]
+            branch = "branch1" if module == "shortcut" else "branch2" + "abc"[int(module[-1]) - 1]
+            c2 = f"res{stage}_{block}_{branch}" + ("_bn" if parts[-2] == "norm" else "")
+        if parts[-2] == "norm":
+            base = key[: -len("weight")]
+            scale = value / np.sqrt(state[base + "running_var"] + 1e-5)
+            blobs[c2 + "_s"] = scale
+            blobs[c2 + "_b"] = state[base + "bias"] - state[base + "running_mean"] * scale
+        else:
+            blobs[c2 + "_w"] = value
+    blobs["fc1000_w"], blobs["fc1000_b"] = np.zeros((1000, 2048)), np.zeros(1000)
+    return blobs
+
+
+def test_msra_caffe2_pickle_reproduces_the_model(tmp_path):
+    cfg = make_cfg(depth=50, stride_in_1x1=True)
+    reference = randomize_(build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3))).bottom_up.eval()
+    path = tmp_path / "R-50.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": caffe2_blobs(reference)}, f, protocol=2)
+    weights = read_weights(path)
+    assert weights.source == "msra" and weights.input == MSRA_INPUT
+    ours = make_resnet(50, weights=str(path)).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert_features_equal(ours, reference(x), x, 1e-4)
+
+
+def test_fair_caffe2_resnext_pickle_sets_fair_inputs(tmp_path):
+    cfg = make_cfg(depth=50, num_groups=32, width_per_group=4, stride_in_1x1=False)
+    reference = randomize_(build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3))).bottom_up.eval()
+    path = tmp_path / "X-50.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(caffe2_blobs(reference), f)  # no "blobs" wrapper: also seen in the wild
+    weights = read_weights(path)
+    assert weights.source == "fair" and weights.input.stride_in_1x1 is False
+    assert weights.input.format == "BGR" and weights.input.pixel_std != (1.0, 1.0, 1.0)
+    ours = make_resnet(50, weights=str(path)).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert_features_equal(ours, reference(x), x, 1e-4)
+
+
+def shapes_cfg(**opts):
+    base = {
+        "MODEL.RESNETS.DEPTH": 18,
+        "MODEL.RESNETS.RES2_OUT_CHANNELS": 64,
+        "MODEL.BACKBONE.FREEZE_AT": 0,
+    }
+    base.update(opts)
+    return [str(x) for kv in base.items() for x in kv]
+
+
+def test_detectron2_checkpoint_of_the_builtin_model_loads_strictly(tmp_path):
+    opts = shapes_cfg()
+    cfg = load_cfg("configs/mrcnn_r18_shapes.yaml", opts)
+    builtin = cfg.clone()
+    builtin.defrost()
+    builtin.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    reference = randomize_(build_model(builtin)).eval()
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": reference.state_dict(), "iteration": 9}, path)
+
+    model = build_model(cfg).eval()
+    checkpointer = BackbonesCheckpointer(model, cfg=cfg)
+    extra = checkpointer.load(str(path))
+    report = checkpointer.report
+    assert extra == {"iteration": 9}
+    assert report.source == "detectron2" and not report.missing and not report.unused
+    assert len(report.loaded) == len(reference.state_dict())
+    x = torch.randn(3, 96, 96) * 50 + 100
+    with torch.no_grad():
+        a = model.backbone(model.preprocess_image([{"image": x}]).tensor)
+        b = reference.backbone(reference.preprocess_image([{"image": x}]).tensor)
+    for name in a:
+        assert (a[name] - b[name]).abs().max() <= 1e-4 * max(1.0, b[name].abs().max())
+
+
+def test_imagenet_file_goes_into_the_detector_backbone_with_a_grouped_report(tmp_path):
+    tv = torchvision_model("resnet18")
+    path = tmp_path / "resnet18.pth"
+    torch.save(tv.state_dict(), path)
+    cfg = load_cfg("configs/mrcnn_r18_shapes.yaml", shapes_cfg(**{"MODEL.WEIGHTS": str(path)}))
+    model = build_model(cfg)
+    lines: list[str] = []
+    report = load_weights(model, str(path), log=lines.append)
+    assert all(n.startswith("backbone.bottom_up.") for n in report.loaded)
+    assert len(report.loaded) == len(model.backbone.bottom_up.state_dict())
+    assert report.unused == ["fc.weight", "fc.bias"]
+    groups = set(report.missing)
+    assert {"backbone.fpn_lateral*.*", "proposal_generator.*", "roi_heads.*"} <= groups
+    assert all(report.expected_missing.values())
+    text = "\n".join(lines)
+    assert "roi_heads.*" in text and "expected" in text and "fc.*" in text
+    loaded = model.backbone.bottom_up.state_dict()["res3.0.conv1.weight"]
+    assert torch.equal(loaded, tv.state_dict()["layer2.0.conv1.weight"])
+
+
+def test_config_input_settings_follow_the_weights(tmp_path):
+    tv = torchvision_model("resnet18")
+    path = tmp_path / "tv.pth"
+    torch.save(tv.state_dict(), path)
+    cfg = load_cfg("configs/mrcnn_r18_shapes.yaml", shapes_cfg(**{"MODEL.WEIGHTS": str(path)}))
+    assert cfg.INPUT.FORMAT == "RGB"
+    assert cfg.MODEL.PIXEL_MEAN == list(TORCHVISION_INPUT.pixel_mean)
+    assert cfg.MODEL.PIXEL_STD == list(TORCHVISION_INPUT.pixel_std)
+    # Detectron2's zoo addresses are known without downloading: MSRA's settings, stride in 1x1.
+    msra = load_cfg("configs/frcnn_r50.yaml", ["MODEL.DEVICE", "cpu"])
+    assert msra.MODEL.RESNETS.STRIDE_IN_1X1 is True and msra.INPUT.FORMAT == "BGR"
+
+
+def test_contradicting_input_setting_is_an_error_naming_both_values(tmp_path):
+    tv = torchvision_model("resnet50")
+    path = tmp_path / "tv50.pth"
+    torch.save(tv.state_dict(), path)
+    # frcnn_r50.yaml sets MSRA's BGR / std 1 / stride in 1x1 next to its MODEL.WEIGHTS.
+    with pytest.raises(InputSettingsError) as error:
+        load_cfg("configs/frcnn_r50.yaml", ["MODEL.WEIGHTS", str(path)])
+    message = str(error.value)
+    assert (
+        "INPUT.FORMAT is 'BGR' (set in configs/frcnn_r50.yaml), the weights want 'RGB'" in message
+    )
+    assert "MODEL.PIXEL_STD is [1, 1, 1]" in message and "[58.395, 57.12, 57.375]" in message
+    assert "MODEL.RESNETS.STRIDE_IN_1X1 is True" in message and "(torchvision)" in message
+    # The explicit override keeps the config as written.
+    cfg = load_cfg(
+        "configs/frcnn_r50.yaml",
+        ["MODEL.WEIGHTS", str(path), "BACKBONES.INPUT_FROM_WEIGHTS", "off"],
+    )
+    assert cfg.INPUT.FORMAT == "BGR"
+
+
+def test_config_origins_follow_bases_and_the_command_line():
+    origins = config_origins("configs/frcnn_r50.yaml", ["INPUT.FORMAT", "RGB"])
+    assert origins["MODEL.PIXEL_STD"].endswith("frcnn_r50.yaml")
+    assert origins["MODEL.BACKBONE.NAME"].endswith("Base-RCNN-FPN.yaml")
+    assert origins["INPUT.FORMAT"] == "the command line"
+
+
+def test_shape_mismatch_names_the_tensor_and_both_shapes(tmp_path):
+    tv = torchvision_model("resnet18")
+    path = tmp_path / "tv.pth"
+    torch.save(tv.state_dict(), path)
+    model = make_resnet(18, stem_out_channels=32, res2_out_channels=64)
+    with pytest.raises(WeightsShapeError, match=r"stem.conv1.weight has shape \(64, 3, 7, 7\)"):
+        load_weights(model, str(path))
+    # Allowed on purpose: skipped and reported.
+    report = load_weights(model, str(path), skip_mismatched=("stem.", "res2.0.conv1"))
+    assert any(s.startswith("stem.conv1.weight") for s in report.skipped)
+
+
+class Boom:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"conv1_w": np.zeros(3), "x": Boom()}, f)
+    with pytest.raises(UnsafeWeightsError, match=r"evil.pkl.*'posix.system'.*trusted=True"):
+        read_file(path)
+    torch_path = tmp_path / "evil.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "x": Boom()}, torch_path)
+    with pytest.raises(UnsafeWeightsError, match=r"evil.pth.*posix.system"):
+        read_file(torch_path)
+
+
+def test_numpy_arrays_in_pth_files_are_admitted(tmp_path):
+    # Detectron2's converted checkpoints hold numpy arrays; weights_only=True alone refuses them.
+    path = tmp_path / "np.pth"
+    state = {k: v.numpy() for k, v in make_resnet(18).state_dict().items()}
+    torch.save({"model": state, "__author__": "someone"}, path)
+    weights = read_weights(path)
+    assert weights.source == "detectron2" and weights.architecture["depth"] == 18
+
+
+def test_truncated_empty_and_unknown_files_are_clear_errors(tmp_path):
+    tv_path = tmp_path / "tv.pth"
+    torch.save(torchvision_model("resnet18").state_dict(), tv_path)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(tv_path.read_bytes()[:100_000])
+    with pytest.raises(WeightsFormatError, match="truncated.pth"):
+        read_weights(truncated)
+    pkl = tmp_path / "truncated.pkl"
+    pkl.write_bytes(pickle.dumps({"conv1_w": np.zeros((64, 3, 7, 7))})[:500])
+    with pytest.raises(WeightsFormatError, match="truncated.pkl.*truncated"):
+        read_weights(pkl)
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(WeightsFormatError, match="empty.pth: the file is empty"):
+        read_weights(empty)
+    unknown = tmp_path / "unknown.pth"
+    torch.save({"encoder.weight": torch.zeros(2)}, unknown)
+    with pytest.raises(WeightsFormatError, match=r"unknown.pth: unknown weights format"):
+        read_weights(unknown)
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        read_weights(tmp_path / "nowhere.pth")
+    assert zipfile.is_zipfile(tv_path)  # the truncation above cut a real torch zip file
+
+
+def test_ddp_prefix_and_state_dict_wrapper_are_unwrapped():
+    state = {"module." + k: v for k, v in torchvision_model("resnet18").state_dict().items()}
+    weights = weights_from_object({"state_dict": state, "epoch": 90})
+    assert weights.source == "torchvision" and "stem.conv1.weight" in weights.state
+
+
+def test_checkpoints_are_written_atomically_with_input_settings(tmp_path):
+    cfg = load_cfg("configs/mrcnn_r18_shapes.yaml", shapes_cfg())
+    model = build_model(cfg)
+    checkpointer = BackbonesCheckpointer(model, str(tmp_path), cfg=cfg)
+    checkpointer.save("model_0000009", iteration=9)
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth"]
+    saved = torch.load(tmp_path / "model_0000009.pth", weights_only=True)
+    assert saved["backbones"]["input"]["format"] == cfg.INPUT.FORMAT
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+    # A failing write leaves the previous file untouched and no temporary file behind.
+    before = (tmp_path / "model_0000009.pth").read_bytes()
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        checkpointer.save("model_0000009", iteration=Unpicklable())
+    assert (tmp_path / "model_0000009.pth").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth"]
+
+
+def test_unknown_input_mode_is_named():
+    cfg = load_cfg("configs/mrcnn_r18_shapes.yaml", shapes_cfg())
+    cfg.defrost()
+    cfg.BACKBONES.INPUT_FROM_WEIGHTS = "maybe"
+    with pytest.raises(InputSettingsError, match="INPUT_FROM_WEIGHTS is 'maybe'"):
+        apply_input_settings(cfg, {})
+
+
+def test_convert_tool_writes_a_file_stock_detectron2_loads(tmp_path):
+    import subprocess
+    import sys
+
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    tv = torchvision_model("resnet18")
+    src, dst = tmp_path / "resnet18.pth", tmp_path / "out" / "R-18.pkl"
+    torch.save(tv.state_dict(), src)
+    run = subprocess.run(
+        [sys.executable, "tools/convert_weights.py", str(src), str(dst)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "torchvision" in run.stderr and 'INPUT: {FORMAT: "RGB"}' in run.stdout
+    assert (
+        "RESNETS: {DEPTH: 18" in run.stdout and "PIXEL_STD: [58.395, 57.12, 57.375]" in run.stdout
+    )
+    # Detectron2's own checkpointer (no backbones code involved) places it by its heuristics.
+    cfg = load_cfg("configs/mrcnn_r18_shapes.yaml", shapes_cfg())
+    builtin = cfg.clone()
+    builtin.defrost()
+    builtin.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    model = build_model(builtin)
+    DetectionCheckpointer(model).load(str(dst))
+    loaded = model.backbone.bottom_up.state_dict()["res4.1.conv2.weight"]
+    assert torch.equal(loaded, tv.state_dict()["layer3.1.conv2.weight"])
+    # Read back by us: the stored input settings and architecture.
+    weights = read_weights(dst)
+    assert weights.input == TORCHVISION_INPUT and weights.origin == "torchvision, converted"
+    assert weights.metadata["backbones"]["config"] == run.stdout.strip()
+    # Bad input: exit code 2 and one line naming the file.
+    bad = subprocess.run(
+        [sys.executable, "tools/convert_weights.py", str(tmp_path / "missing.pth"), str(dst)],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "missing.pth" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnet50d", "resnet18d"])
+def test_timm_state_dicts_reproduce_timm_features(name, tmp_path):
+    import timm  # a test dependency (setup.py's "test" extra)
+
+    torch.manual_seed(0)
+    model = randomize_(timm.create_model(name, pretrained=False)).eval()
+    path = tmp_path / f"{name}.pth"
+    torch.save(model.state_dict(), path)
+    weights = read_weights(path)
+    deep = name.endswith("d")
+    assert weights.source == ("timm" if deep else "torchvision")  # plain timm = torchvision names
+    assert weights.input == TORCHVISION_INPUT
+    assert weights.architecture.get("stem_type", "basic") == ("deep" if deep else "basic")
+    assert weights.architecture.get("avg_down", False) == deep
+    ours = make_resnet(int(name[6:8].rstrip("d")), weights=str(path)).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model.maxpool(model.act1(model.bn1(model.conv1(x))))
+        reference = {}
+        for i in range(1, 5):
+            y = getattr(model, f"layer{i}")(y)
+            reference[f"res{i + 1}"] = y
+    assert_features_equal(ours, reference, x, 1e-4)

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""GPU checks: CUDA parity with Detectron2's built-in ResNet-FPN, and speed ratios against it.
+
+Prints, on the current CUDA device:
+1. outputs of our R-50-FPN and Detectron2's built-in one (same weights) against the float64
+   truth, in float32 (TF32 off) and under autocast;
+2. backbone inference and training speed, float32 and bf16/fp16 autocast, COCO-sized input;
+3. a whole Faster R-CNN R-101-FPN training step (configs/frcnn_r101.yaml, synthetic boxes).
+
+Every speed figure is a ratio against the built-in model timed in the same process.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
+
+from backbones import add_backbones_config, backbones_build_resnet_fpn_backbone
+from backbones.benchmark import benchmark_detector, benchmark_fpn
+
+FEATURES = ["res2", "res3", "res4", "res5"]
+
+
+def fpn_cfg(**resnets):
+    cfg = add_backbones_config(get_cfg())
+    cfg.MODEL.RESNETS.OUT_FEATURES = cfg.MODEL.FPN.IN_FEATURES = FEATURES
+    cfg.MODEL.WEIGHTS = "benchmark.pkl"  # weights are copied between the two: no warning
+    for key, value in resnets.items():
+        cfg.MODEL.RESNETS[key] = value
+    return cfg
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(0)
+    for name, buf in list(model.named_parameters()) + list(model.named_buffers()):
+        if "norm" in name and name.endswith(("weight", "running_var")):
+            buf.copy_(torch.rand(buf.shape, generator=gen) * 0.5 + 0.75)
+        elif "norm" in name and name.endswith(("bias", "running_mean")):
+            buf.copy_(torch.rand(buf.shape, generator=gen) * 0.4 - 0.2)
+    return model
+
+
+def parity(device: str, results: dict) -> None:
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for norm in ("FrozenBN", "GN"):
+        cfg = fpn_cfg(NORM=norm, DEPTH=50)
+        reference = randomize(build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3))).eval()
+        ours = backbones_build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3)).eval()
+        ours.load_state_dict(reference.state_dict())
+        reference, ours = reference.to(device), ours.to(device)
+        x = torch.randn(2, 3, 512, 640, generator=torch.Generator().manual_seed(1)).to(device)
+        with torch.no_grad():
+            truth = copy.deepcopy(reference).double()(x.double())
+            outputs = {"detectron2 fp32": reference(x), "ours fp32": ours(x)}
+            for amp in (torch.bfloat16, torch.float16):
+                with torch.autocast("cuda", dtype=amp):
+                    outputs[f"detectron2 {str(amp)[6:]}"] = reference(x)
+                    outputs[f"ours {str(amp)[6:]}"] = ours(x)
+        for label, out in outputs.items():
+            rel = max(
+                ((out[k].double() - truth[k]).abs().max() / truth[k].abs().max()).item()
+                for k in truth
+            )
+            results[f"parity R50-FPN {norm}: {label} vs float64, max rel err"] = rel
+            print(f"R50-FPN {norm:8s} {label:16s} max |err| / max |truth| = {rel:.2e}")
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def speed(device: str, results: dict, iters: int) -> None:
+    cfg = fpn_cfg(DEPTH=50)
+    for amp in ("", "bf16", "fp16"):
+        for t in benchmark_fpn(
+            cfg, batch=2, size=(800, 1216), iters=iters, warmup=5, device=device, amp=amp
+        ):
+            label = f"R50-FPN backbone {t.mode}, batch 2x800x1216, {amp or 'fp32'}"
+            results[label] = dict(
+                detectron2_ms=t.detectron2_s * 1e3, ours_ms=t.ours_s * 1e3, speedup=t.speedup
+            )
+            print(
+                f"{label:60s} detectron2 {t.detectron2_s * 1e3:7.1f} ms  ours "
+                f"{t.ours_s * 1e3:7.1f} ms  x{t.speedup:.2f}"
+            )
+
+
+def detector(device: str, results: dict, iters: int, config: str) -> None:
+    cfg = add_backbones_config(get_cfg())
+    cfg.merge_from_file(config)
+    cfg.MODEL.WEIGHTS = ""
+    for amp in ("", "fp16"):
+        start = time.perf_counter()
+        (t,) = benchmark_detector(
+            cfg, batch=2, size=(800, 1216), iters=iters, warmup=3, device=device, amp=amp
+        )
+        label = f"{config} training step, batch 2x800x1216, {amp or 'fp32'}"
+        results[label] = dict(
+            detectron2_ms=t.detectron2_s * 1e3, ours_ms=t.ours_s * 1e3, speedup=t.speedup
+        )
+        print(
+            f"{label:60s} detectron2 {t.detectron2_s * 1e3:7.1f} ms  ours "
+            f"{t.ours_s * 1e3:7.1f} ms  x{t.speedup:.2f}  ({time.perf_counter() - start:.0f} s)"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--detector-config", default="configs/frcnn_r101.yaml")
+    ap.add_argument("--output", default="", help="write the figures as JSON here")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("no CUDA device")
+    device = "cuda"
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    results: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    parity(device, results)
+    speed(device, results, args.iters)
+    detector(device, results, max(5, args.iters // 2), args.detector_config)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
