@@ -4,6 +4,7 @@ Module and parameter names match Detectron2's ``detectron2.modeling.backbone.res
 ``conv1.norm``, ``shortcut``, ...), so its checkpoints and the MSRA/Caffe2 conversions load
 unchanged.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Union
@@ -54,14 +55,47 @@ class ConvNorm(Conv2d):
             x = self.activation(x)
         return x
 
+    # The folded weights of the last call without autograd, with the tensors' versions.
+    __jit_ignored_attributes__ = ["_fold_cache"]
+    _fold_cache: tuple | None = None
+
     def _conv_frozen_bn(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            weight, shift = self._fold()
+        elif self._fold_needs_grad():
+            weight, shift = self._fold()
+        else:
+            weight, shift = self._cached_fold()
+        return F.conv2d(x, weight, shift, self.stride, self.padding, self.dilation, self.groups)
+
+    def _fold_needs_grad(self) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        return self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
+
+    def _fold(self) -> tuple[torch.Tensor, torch.Tensor]:
         norm, bias = self.norm, self.bias
         scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
         shift = norm.bias - norm.running_mean * scale
         if bias is not None:
             shift = shift + bias * scale
-        weight = self.weight * scale.reshape(-1, 1, 1, 1)
-        return F.conv2d(x, weight, shift, self.stride, self.padding, self.dilation, self.groups)
+        return self.weight * scale.reshape(-1, 1, 1, 1), shift
+
+    def _cached_fold(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_fold`, computed again only when a tensor it reads has changed (in-place
+        updates bump a tensor's version; ``.to()`` and loading give new storage). Without it,
+        folding costs ~5 small kernels per conv at every call, which on a GPU made inference
+        slower than Detectron2's separate FrozenBN (measured on an H100: 0.71x)."""
+        norm = self.norm
+        tensors = (self.weight, self.bias, norm.weight, norm.bias, norm.running_mean)
+        key = tuple(
+            (t._version, t.data_ptr(), t.dtype) if t is not None else None
+            for t in tensors + (norm.running_var,)
+        )
+        if self._fold_cache is None or self._fold_cache[0] != key:
+            with torch.no_grad():
+                self._fold_cache = (key, *self._fold())
+        return self._fold_cache[1], self._fold_cache[2]
 
     def _conv_then_norm(self, x: torch.Tensor) -> torch.Tensor:
         x = F.conv2d(

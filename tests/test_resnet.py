@@ -19,7 +19,7 @@ from backbones.blocks import AvgDownConvNorm, projection_shortcut
 def tiny(depth: int, **options):
     """Full topology of ``depth`` with shrunk widths."""
     widths = dict(stem_out_channels=8, res2_out_channels=8 if depth < 26 else 16)
-    return make_resnet(depth, width_per_group=4, norm="BN", **{**widths, **options})
+    return make_resnet(depth, width_per_group=4, **{"norm": "BN", **widths, **options})
 
 
 @pytest.mark.parametrize("depth", sorted(DEPTHS))
@@ -255,3 +255,27 @@ def test_avg_down_shortcut_equals_timm_downsample_avg(stride, dilation):
         expected, actual = reference(x), ours(x)
     assert actual.shape == expected.shape
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_folded_frozen_bn_is_recomputed_when_weights_change():
+    """Without autograd the FrozenBN fold is cached; in-place updates, loading, dtype and
+    device moves must invalidate it."""
+    torch.manual_seed(0)
+    model = tiny(50, norm="FrozenBN").eval()
+    other = tiny(50, norm="FrozenBN").eval()
+    x = torch.randn(1, 3, 64, 64)
+
+    def reference(m):  # with autograd on and trainable weights: the fold is never cached
+        return m(x)["res5"].detach()
+
+    with torch.no_grad():
+        first = model(x)["res5"]
+        assert torch.equal(model(x)["res5"], first)  # served from the cache
+        model.res3[0].conv2.weight.mul_(2.0)
+        model.stem.conv1.norm.running_var.add_(0.5)  # a FrozenBN buffer
+        changed = model(x)["res5"]
+    assert torch.equal(changed, reference(model)) and not torch.allclose(changed, first)
+    model.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        assert torch.equal(model(x)["res5"], reference(other))
+        assert model.double()(x.double())["res5"].dtype == torch.float64

@@ -9,6 +9,7 @@ Prints, on the current CUDA device:
 
 Every speed figure is a ratio against the built-in model timed in the same process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,7 @@ from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
 
 from backbones import add_backbones_config, backbones_build_resnet_fpn_backbone
 from backbones.benchmark import benchmark_detector, benchmark_fpn
+from backbones.config import MEMORY_FORMATS
 
 FEATURES = ["res2", "res3", "res4", "res5"]
 
@@ -75,12 +77,13 @@ def parity(device: str, results: dict) -> None:
 
 
 def speed(device: str, results: dict, iters: int) -> None:
-    cfg = fpn_cfg(DEPTH=50)
-    for amp in ("", "bf16", "fp16"):
+    for memory_format, amp in [(m, a) for m in MEMORY_FORMATS for a in ("", "bf16", "fp16")]:
+        cfg = fpn_cfg(DEPTH=50)
+        cfg.BACKBONES.MEMORY_FORMAT = memory_format
         for t in benchmark_fpn(
             cfg, batch=2, size=(800, 1216), iters=iters, warmup=5, device=device, amp=amp
         ):
-            label = f"R50-FPN backbone {t.mode}, batch 2x800x1216, {amp or 'fp32'}"
+            label = f"R50-FPN {t.mode}, 2x800x1216, {amp or 'fp32'}, ours {memory_format}"
             results[label] = dict(
                 detectron2_ms=t.detectron2_s * 1e3, ours_ms=t.ours_s * 1e3, speedup=t.speedup
             )
