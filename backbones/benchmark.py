@@ -6,8 +6,10 @@ import contextlib
 import re
 import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
+from torch import nn
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
@@ -139,12 +141,15 @@ def benchmark_detector(
     warmup: int = 3,
     device: str = "cpu",
     amp: str = "",
+    prepare: Callable[[nn.Module], Any] | None = None,
 ) -> list[Timing]:
     """Time a whole R-CNN training step (forward, losses, backward, SGD step) on synthetic
     COCO-sized inputs, with our backbone and with Detectron2's built-in one (same weights).
 
     ``cfg`` must name our FPN builder; the built-in model swaps in ``build_resnet_fpn_backbone``.
     Data loading is not included: this is the GPU's share of an iteration.
+
+    ``prepare(model)``, if given, is applied to our model before timing (e.g. to add hooks).
 
     Returns:
         one :class:`Timing` (mode "detector train step").
@@ -166,6 +171,8 @@ def benchmark_detector(
             state[name].zero_()
     reference.load_state_dict(state, strict=True)
     ours.load_state_dict(state, strict=True)
+    if prepare is not None:
+        prepare(ours)
     inputs = _synthetic_batch(batch, size, cfg.MODEL.ROI_HEADS.NUM_CLASSES, dev)
     seconds = []
     for model in (reference, ours):

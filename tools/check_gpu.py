@@ -93,16 +93,38 @@ def speed(device: str, results: dict, iters: int) -> None:
             )
 
 
+def _contiguous_outputs(model: torch.nn.Module) -> None:
+    model.backbone.register_forward_hook(
+        lambda module, args, out: {k: v.contiguous() for k, v in out.items()}
+    )
+
+
 def detector(device: str, results: dict, iters: int, config: str) -> None:
-    cfg = add_backbones_config(get_cfg())
-    cfg.merge_from_file(config)
-    cfg.MODEL.WEIGHTS = ""
-    for amp in ("", "fp16"):
+    variants = [
+        ("channels_last", "", None),
+        ("channels_last", "fp16", None),
+        ("contiguous", "", None),
+        ("contiguous", "fp16", None),
+        ("channels_last, NCHW outputs", "", _contiguous_outputs),
+        ("channels_last, NCHW outputs", "fp16", _contiguous_outputs),
+    ]
+    for name, amp, prepare in variants:
+        cfg = add_backbones_config(get_cfg())
+        cfg.merge_from_file(config)
+        cfg.MODEL.WEIGHTS = ""
+        cfg.BACKBONES.MEMORY_FORMAT = name.split(",")[0]
         start = time.perf_counter()
         (t,) = benchmark_detector(
-            cfg, batch=2, size=(800, 1216), iters=iters, warmup=3, device=device, amp=amp
+            cfg,
+            batch=2,
+            size=(800, 1216),
+            iters=iters,
+            warmup=3,
+            device=device,
+            amp=amp,
+            prepare=prepare,
         )
-        label = f"{config} training step, batch 2x800x1216, {amp or 'fp32'}"
+        label = f"{config} train step, 2x800x1216, {amp or 'fp32'}, ours {name}"
         results[label] = dict(
             detectron2_ms=t.detectron2_s * 1e3, ours_ms=t.ours_s * 1e3, speedup=t.speedup
         )
@@ -117,14 +139,16 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--detector-config", default="configs/frcnn_r101.yaml")
     ap.add_argument("--output", default="", help="write the figures as JSON here")
+    ap.add_argument("--detector-only", action="store_true", help="only the R-CNN training step")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device")
     device = "cuda"
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     results: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    parity(device, results)
-    speed(device, results, args.iters)
+    if not args.detector_only:
+        parity(device, results)
+        speed(device, results, args.iters)
     detector(device, results, max(5, args.iters // 2), args.detector_config)
     if args.output:
         with open(args.output, "w") as f:
