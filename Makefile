@@ -20,11 +20,15 @@ demo: $(READY)
 	$(PYTHON) tools/visualize_predictions.py --config-file $(DEMO_CONFIG) \
 		--weights $(DEMO_DIR)/model_final.pth --output $(DEMO_DIR)/predictions
 
+# Two pytest workers with one thread each: on 2 cores, more threads than cores spin-wait.
+TEST_WORKERS ?= 2
+TEST_ENV := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
+
 test: $(READY)
-	$(PYTHON) -m pytest -m "slow or not slow"
+	$(TEST_ENV) $(PYTHON) -m pytest -m "slow or not slow" -n $(TEST_WORKERS)
 
 test-fast: $(READY)
-	$(PYTHON) -m pytest
+	$(TEST_ENV) $(PYTHON) -m pytest -n $(TEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) output
