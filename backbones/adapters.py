@@ -121,6 +121,35 @@ def _check_options(detector: type, options: Mapping[str, Any]) -> None:
         raise TypeError(f"{detector.__name__} has no option(s) {', '.join(unknown)}")
 
 
+def _build(
+    detector: type,
+    num_classes: int,
+    backbone: nn.Module | Mapping[str, Any] | None,
+    anchor_sizes: Sequence[int] | None,
+    aspect_ratios: Sequence[float],
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
+    options: dict[str, Any],
+    masks: bool = False,
+) -> nn.Module:
+    _check_options(detector, options)
+    body, anchors, box_pool = _detector_parts(backbone, anchor_sizes, aspect_ratios)
+    options.setdefault("size_divisible", body.fpn.size_divisibility)
+    if masks:  # 14x14 mask RoIs from the same levels as the boxes
+        options["mask_roi_pool"] = MultiScaleRoIAlign(
+            body.roi_feature_names, output_size=14, sampling_ratio=2
+        )
+    return detector(
+        body,
+        num_classes,
+        image_mean=list(image_mean),
+        image_std=list(image_std),
+        rpn_anchor_generator=anchors,
+        box_roi_pool=box_pool,
+        **options,
+    )
+
+
 def torchvision_faster_rcnn(
     num_classes: int,
     *,
@@ -148,17 +177,15 @@ def torchvision_faster_rcnn(
     Returns:
         the detector; ``model.backbone.fpn`` is the :class:`FPN`.
     """
-    _check_options(FasterRCNN, detector_options)
-    body, anchors, box_pool = _detector_parts(backbone, anchor_sizes, aspect_ratios)
-    detector_options.setdefault("size_divisible", body.fpn.size_divisibility)
-    return FasterRCNN(
-        body,
+    return _build(
+        FasterRCNN,
         num_classes,
-        image_mean=list(image_mean),
-        image_std=list(image_std),
-        rpn_anchor_generator=anchors,
-        box_roi_pool=box_pool,
-        **detector_options,
+        backbone,
+        anchor_sizes,
+        aspect_ratios,
+        image_mean,
+        image_std,
+        detector_options,
     )
 
 
@@ -178,17 +205,14 @@ def torchvision_mask_rcnn(
     Returns:
         the detector; ``model.backbone.fpn`` is the :class:`FPN`.
     """
-    _check_options(MaskRCNN, detector_options)
-    body, anchors, box_pool = _detector_parts(backbone, anchor_sizes, aspect_ratios)
-    detector_options.setdefault("size_divisible", body.fpn.size_divisibility)
-    mask_pool = MultiScaleRoIAlign(body.roi_feature_names, output_size=14, sampling_ratio=2)
-    return MaskRCNN(
-        body,
+    return _build(
+        MaskRCNN,
         num_classes,
-        image_mean=list(image_mean),
-        image_std=list(image_std),
-        rpn_anchor_generator=anchors,
-        box_roi_pool=box_pool,
-        mask_roi_pool=mask_pool,
-        **detector_options,
+        backbone,
+        anchor_sizes,
+        aspect_ratios,
+        image_mean,
+        image_std,
+        detector_options,
+        masks=True,
     )

@@ -23,7 +23,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
 
 from backbones import add_backbones_config, backbones_build_resnet_fpn_backbone
-from backbones.benchmark import benchmark_detector, benchmark_fpn
+from backbones.benchmark import Timing, benchmark_detector, benchmark_fpn
 from backbones.config import MEMORY_FORMATS
 
 FEATURES = ["res2", "res3", "res4", "res5"]
@@ -76,6 +76,17 @@ def parity(device: str, results: dict) -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
+def report(results: dict, label: str, t: Timing, suffix: str = "") -> None:
+    """Print one timing and keep it for the JSON output."""
+    results[label] = dict(
+        detectron2_ms=t.detectron2_s * 1e3, ours_ms=t.ours_s * 1e3, speedup=t.speedup
+    )
+    print(
+        f"{label:60s} detectron2 {t.detectron2_s * 1e3:7.1f} ms  ours "
+        f"{t.ours_s * 1e3:7.1f} ms  x{t.speedup:.2f}{suffix}"
+    )
+
+
 def speed(device: str, results: dict, iters: int) -> None:
     for memory_format, amp in [(m, a) for m in MEMORY_FORMATS for a in ("", "bf16", "fp16")]:
         cfg = fpn_cfg(DEPTH=50)
@@ -84,13 +95,7 @@ def speed(device: str, results: dict, iters: int) -> None:
             cfg, batch=2, size=(800, 1216), iters=iters, warmup=5, device=device, amp=amp
         ):
             label = f"R50-FPN {t.mode}, 2x800x1216, {amp or 'fp32'}, ours {memory_format}"
-            results[label] = dict(
-                detectron2_ms=t.detectron2_s * 1e3, ours_ms=t.ours_s * 1e3, speedup=t.speedup
-            )
-            print(
-                f"{label:60s} detectron2 {t.detectron2_s * 1e3:7.1f} ms  ours "
-                f"{t.ours_s * 1e3:7.1f} ms  x{t.speedup:.2f}"
-            )
+            report(results, label, t)
 
 
 def _contiguous_outputs(model: torch.nn.Module) -> None:
@@ -125,13 +130,7 @@ def detector(device: str, results: dict, iters: int, config: str) -> None:
             prepare=prepare,
         )
         label = f"{config} train step, 2x800x1216, {amp or 'fp32'}, ours {name}"
-        results[label] = dict(
-            detectron2_ms=t.detectron2_s * 1e3, ours_ms=t.ours_s * 1e3, speedup=t.speedup
-        )
-        print(
-            f"{label:60s} detectron2 {t.detectron2_s * 1e3:7.1f} ms  ours "
-            f"{t.ours_s * 1e3:7.1f} ms  x{t.speedup:.2f}  ({time.perf_counter() - start:.0f} s)"
-        )
+        report(results, label, t, f"  ({time.perf_counter() - start:.0f} s)")
 
 
 def main() -> None:
