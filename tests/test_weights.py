@@ -411,3 +411,26 @@ def test_timm_state_dicts_reproduce_timm_features(name, tmp_path):
             y = getattr(model, f"layer{i}")(y)
             reference[f"res{i + 1}"] = y
     assert_features_equal(ours, reference, x, 1e-4)
+
+
+def test_plain_fpn_takes_the_backbone_of_a_detector_checkpoint(tmp_path):
+    """make_resnet_fpn(weights=model_final.pth) fills the ResNet and the FPN from a detector."""
+    from backbones import make_resnet_fpn
+
+    cfg = load_cfg("configs/mrcnn_r18_shapes.yaml", shapes_cfg())
+    detector = randomize_(build_model(cfg)).eval()
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": detector.state_dict(), "iteration": 3}, path)
+    fpn = make_resnet_fpn(
+        weights=str(path),
+        norm="BN",
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        res2_out_channels=64,
+        stride_in_1x1=cfg.MODEL.RESNETS.STRIDE_IN_1X1,
+    ).eval()
+    assert fpn.bottom_up.res2[0].conv1.weight.shape[0] == 64  # depth 18 read from the file
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, actual = detector.backbone(x), fpn(x)
+    for name in expected:
+        assert torch.allclose(actual[name], expected[name], atol=1e-5), name
