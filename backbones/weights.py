@@ -250,7 +250,8 @@ def read_file(
     Args:
         path: a local file.
         trusted: allow arbitrary pickled objects (runs code from the file: trusted files only).
-        progress: optional ``file -> file`` wrapper around reads (e.g. a progress bar).
+        progress: optional ``file -> seekable binary file`` applied to the open file, e.g. one
+            that reads it into memory behind a progress bar.
 
     Raises:
         FileNotFoundError: no such file.
@@ -269,16 +270,16 @@ def read_file(
     try:
         with open(path, "rb") as raw:
             f = progress(raw) if progress else raw
-            if zipfile.is_zipfile(raw):
-                raw.seek(0)
+            if zipfile.is_zipfile(f):
+                f.seek(0)
                 return _torch_load(f, path, trusted)
-            raw.seek(0)
+            f.seek(0)
             if trusted:
                 first = pickle.Unpickler(f, encoding="latin1").load()
             else:
                 first = _ArraysOnlyUnpickler(f, path).load()
             if isinstance(first, int) and first == _TORCH_LEGACY_MAGIC:
-                raw.seek(0)
+                f.seek(0)
                 return _torch_load(f, path, trusted)
             return first
     except WeightsFormatError:

@@ -8,15 +8,16 @@ config lines that go with it (also stored in the file)::
     tools/convert_weights.py resnet50-11ad3fa6.pth output/R-50-torchvision.pkl
     tools/convert_weights.py R-101.pkl output/R-101.pkl
 """
+
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import time
 
 from tqdm import tqdm
-from tqdm.utils import CallbackIOWrapper
 
 from backbones.weights import WeightsFormatError, read_weights, write_detectron2_checkpoint
 
@@ -37,8 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     size = os.path.getsize(args.src) if os.path.isfile(args.src) else 0
 
     def reading(f):
-        bar = tqdm(total=size, unit="B", unit_scale=True, desc="read", disable=size < 2**20)
-        return CallbackIOWrapper(bar.update, f, "read")
+        """The whole file in memory, read in chunks behind a progress bar."""
+        buffer = io.BytesIO()
+        with tqdm(total=size, unit="B", unit_scale=True, desc="read", disable=size < 2**24) as bar:
+            for chunk in iter(lambda: f.read(2**22), b""):
+                buffer.write(chunk)
+                bar.update(len(chunk))
+        buffer.seek(0)
+        return buffer
 
     try:
         weights = read_weights(args.src, trusted=args.trusted, progress=reading)
