@@ -8,7 +8,6 @@ and ``MODEL.RESNETS.STRIDE_IN_1X1`` from ``MODEL.WEIGHTS`` unless the user set t
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -271,6 +270,10 @@ class BackbonesCheckpointer(DetectionCheckpointer):
         return super().load(path, checkpointables=checkpointables)
 
     def _load_file(self, filename: str) -> dict[str, Any]:
+        weights = _READ_AHEAD.pop(_file_key(filename, self.trusted), None)
+        if weights is not None and weights.is_backbone_only:
+            # Read while resolving the config; an ImageNet file holds nothing but the model.
+            return {"model": weights.state, "__backbones_weights__": weights}
         obj = read_file(filename, trusted=self.trusted)
         weights = weights_from_object(obj, filename)
         checkpoint = dict(obj) if isinstance(obj, Mapping) and "model" in obj else {}
@@ -354,9 +357,23 @@ def _yaml_origins(path: str, origins: dict[str, str], prefix: str = "") -> None:
     walk(data, prefix)
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_weights(path: str, mtime: float, size: int, trusted: bool) -> Weights:
-    return read_weights(path, trusted=trusted)
+# apply_input_settings reads MODEL.WEIGHTS to learn its source; the checkpointer that loads the
+# same file next takes it from here instead of reading it again, and drops it (one file at most,
+# not kept for the whole run).
+_READ_AHEAD: dict[tuple, Weights] = {}
+
+
+def _file_key(path: str, trusted: bool) -> tuple:
+    stat = os.stat(path)
+    return os.path.abspath(path), stat.st_mtime_ns, stat.st_size, bool(trusted)
+
+
+def _read_ahead(path: str, trusted: bool) -> Weights:
+    key = _file_key(path, trusted)
+    if key not in _READ_AHEAD:
+        _READ_AHEAD.clear()
+        _READ_AHEAD[key] = read_weights(path, trusted=trusted)
+    return _READ_AHEAD[key]
 
 
 def weights_source(cfg: CfgNode) -> tuple[str, InputSettings | None] | None:
@@ -374,8 +391,7 @@ def weights_source(cfg: CfgNode) -> tuple[str, InputSettings | None] | None:
     path = url if os.path.isfile(url) else PathManager.get_local_path(url)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.WEIGHTS: weights file not found: {url}")
-    stat = os.stat(path)
-    weights = _cached_weights(path, stat.st_mtime, stat.st_size, cfg.BACKBONES.TRUST_WEIGHTS_FILE)
+    weights = _read_ahead(path, cfg.BACKBONES.TRUST_WEIGHTS_FILE)
     return weights.origin, weights.input
 
 

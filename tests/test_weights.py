@@ -434,3 +434,24 @@ def test_plain_fpn_takes_the_backbone_of_a_detector_checkpoint(tmp_path):
         expected, actual = detector.backbone(x), fpn(x)
     for name in expected:
         assert torch.allclose(actual[name], expected[name], atol=1e-5), name
+
+
+def test_weights_read_for_the_config_are_not_read_again_by_the_checkpointer(tmp_path, monkeypatch):
+    import backbones.checkpoint as checkpoint
+    import backbones.weights as weights_module
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision_model("resnet18").state_dict(), path)
+    reads = []
+    real_read_file = weights_module.read_file
+
+    def counting_read_file(*args, **kwargs):
+        reads.append(args[0])
+        return real_read_file(*args, **kwargs)
+
+    monkeypatch.setattr(weights_module, "read_file", counting_read_file)
+    monkeypatch.setattr(checkpoint, "read_file", counting_read_file)
+    cfg = load_cfg("configs/mrcnn_r18_shapes.yaml", shapes_cfg(**{"MODEL.WEIGHTS": str(path)}))
+    BackbonesCheckpointer(build_model(cfg), cfg=cfg).load(cfg.MODEL.WEIGHTS)
+    assert len(reads) == 1
+    assert not checkpoint._READ_AHEAD  # dropped once loaded, not kept for the run
