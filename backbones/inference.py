@@ -162,8 +162,6 @@ class Predictor:
     def __init__(self, cfg: CfgNode) -> None:
         check_choice("INPUT.FORMAT", cfg.INPUT.FORMAT, ("BGR", "RGB"))
         weights = cfg.MODEL.WEIGHTS
-        if weights and "://" not in weights and not os.path.isfile(weights):
-            raise FileNotFoundError(f"MODEL.WEIGHTS={weights!r}: no such file")
         self.cfg = cfg.clone()
         self.model = Trainer.build_model(self.cfg)
         self.model.eval()
