@@ -451,14 +451,13 @@ def visualize_predictions(
     Returns:
         the written files.
     """
+    # inference builds its models with this module's Trainer: imported here, not at the top.
+    from .inference import Predictor, drawing_scale, with_score_threshold
+
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.WEIGHTS = weights
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_thresh
-    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = score_thresh
-    from .inference import Predictor  # inference builds models with this module's Trainer
-
-    predictor = Predictor(cfg)
+    predictor = Predictor(with_score_threshold(cfg, score_thresh))
     metadata = MetadataCatalog.get(dataset_name)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -467,7 +466,7 @@ def visualize_predictions(
     for record in DatasetCatalog.get(dataset_name)[:num_images]:
         image_rgb = read_image(record["file_name"], format="RGB")
         instances = predictor(image_rgb)
-        scale = max(1.0, 512 / min(image_rgb.shape[:2]))
+        scale = drawing_scale(image_rgb)
         gt = Visualizer(image_rgb, metadata, scale=scale).draw_dataset_dict(record).get_image()
         pred = Visualizer(image_rgb, metadata, scale=scale)
         pred = pred.draw_instance_predictions(instances).get_image()

@@ -151,6 +151,12 @@ def with_score_threshold(cfg: CfgNode, threshold: float) -> CfgNode:
     return cfg
 
 
+def drawing_scale(image: np.ndarray) -> float:
+    """How much to enlarge an image for drawing: to at least ``_MIN_DRAWN_SIZE`` pixels on its
+    shorter side, so that class names and scores stay legible on small images."""
+    return max(1.0, _MIN_DRAWN_SIZE / min(image.shape[:2]))
+
+
 class Predictor:
     """Detectron2's ``DefaultPredictor`` with weights loaded by :class:`BackbonesCheckpointer`.
 
@@ -323,8 +329,7 @@ def run_demo(
                 stem = item.path.stem if frame is None else f"{item.path.stem}_{frame:06d}"
                 name = f"{_unique_name(stem, used)}.{image_format}"
                 instances = predictor(image_rgb)
-                # Upscaled below 512 px so that labels stay legible, as visualize_predictions.
-                scale = max(1.0, _MIN_DRAWN_SIZE / min(image_rgb.shape[:2]))
+                scale = drawing_scale(image_rgb)
                 vis = Visualizer(image_rgb, metadata, scale=scale, instance_mode=ColorMode.IMAGE)
                 drawn = vis.draw_instance_predictions(instances).get_image()
                 Image.fromarray(drawn).save(output_dir / name)
