@@ -19,8 +19,8 @@ from torch import nn
 
 from .blocks import NORMS, ConvNorm
 from .errors import BackboneOptionError, check_choice
-from .resnet import STAGE_NAMES, make_resnet
-from .weights import Weights, read_weights
+from .resnet import ARCHITECTURE_DEFAULTS, STAGE_NAMES, make_resnet
+from .weights import Weights, architecture_options, read_weights
 
 FUSE_TYPES = ("sum", "avg")
 TOP_BLOCKS = ("maxpool", None)
@@ -196,8 +196,9 @@ def make_resnet_fpn(
         fpn_norm: norm of the FPN convs, ``""`` for none (with bias).
         fuse_type: ``"sum"`` or ``"avg"``.
         top_block: ``"maxpool"`` adds P6 by subsampling P5 (Faster/Mask R-CNN); None adds nothing.
-        weights: as in :func:`make_resnet`; an ImageNet file fills the ResNet (and decides the
-            architecture options left None), a Detectron2 detector checkpoint the FPN too.
+        weights: as in :func:`make_resnet` (it decides the architecture options left None); an
+            ImageNet file fills the ResNet, a Detectron2 detector checkpoint the FPN too, with
+            one report.
         **resnet_options: keyword arguments of :func:`make_resnet` (unknown names raise
             TypeError); ``out_features`` is set to ``in_features``.
 
@@ -205,11 +206,16 @@ def make_resnet_fpn(
         an :class:`FPN`, whose ``output_shape()`` is ``p2``..``p6`` with strides 4..64.
     """
     check_choice("top_block", top_block, TOP_BLOCKS)
-    if weights is not None and not isinstance(weights, Weights):
-        weights = read_weights(weights)
-    bottom_up = make_resnet(
-        depth, out_features=tuple(in_features), weights=weights, **resnet_options
-    )
+    if weights is not None:
+        if not isinstance(weights, Weights):
+            weights = read_weights(weights)
+        # The file decides the architecture options left out, as in make_resnet; the weights
+        # are loaded once, below, into the whole FPN.
+        given = {name: resnet_options.pop(name, None) for name in ARCHITECTURE_DEFAULTS}
+        given["depth"] = depth
+        resnet_options.update(architecture_options(given, ARCHITECTURE_DEFAULTS, weights))
+        depth = resnet_options.pop("depth")
+    bottom_up = make_resnet(depth, out_features=tuple(in_features), **resnet_options)
     last_level = int(math.log2(bottom_up.output_shape()[in_features[-1]].stride))
     fpn = FPN(
         bottom_up,
@@ -221,7 +227,7 @@ def make_resnet_fpn(
     )
     if bottom_up.memory_format == "channels_last":  # the FPN's convs follow the ResNet's layout
         fpn.to(memory_format=torch.channels_last)
-    if weights is not None and not weights.is_backbone_only:
+    if weights is not None:
         from .checkpoint import load_weights  # checkpoint imports the ResNet module
 
         load_weights(fpn, weights)
