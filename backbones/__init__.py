@@ -3,36 +3,73 @@
 Importing the package registers ``backbones_build_resnet_backbone`` and
 ``backbones_build_resnet_fpn_backbone`` in Detectron2's ``BACKBONE_REGISTRY``, and the embedded
 datasets ``shapes_train`` / ``shapes_val`` (generated on first use) in its ``DatasetCatalog``.
+
+Subpackages, each importing only those before it: ``specs``/``errors`` (data) -> ``weights`` ->
+``modeling`` -> ``config``, ``checkpoint``, ``data``, ``evaluation`` -> ``engine``, ``inference``,
+``export``. The names below are the public API.
 """
-from .blocks import NORMS, STEM_TYPES, BasicBlock, BasicStem, BottleneckBlock, DeepStem
+
+from .checkpoint import BackbonesCheckpointer
 from .config import add_backbones_config
+from .data import SHAPES_CLASSES, register_coco_dataset, register_shapes
+from .engine import Trainer, load_cfg
 from .errors import BackboneOptionError
-from .fpn import FPN, LastLevelMaxPool, make_resnet_fpn
-from .registry import backbones_build_resnet_backbone, backbones_build_resnet_fpn_backbone
-from .resnet import ResNet, make_resnet
-from .shapes import SHAPES_CLASSES, register_shapes
+from .modeling import (
+    BLOCK_TYPES,
+    FPN,
+    NORMS,
+    STEM_TYPES,
+    BasicBlock,
+    BasicStem,
+    BottleneckBlock,
+    DeepStem,
+    LastLevelMaxPool,
+    ResidualBlock,
+    ResNet,
+    backbones_build_resnet_backbone,
+    backbones_build_resnet_fpn_backbone,
+    make_resnet,
+    make_resnet_fpn,
+)
 from .specs import DEPTHS, PRESETS
+from .weights import SOURCES, Weights, load_weights, read_weights
 
 __all__ = [
-    "NORMS",
+    # the family as data
     "DEPTHS",
     "PRESETS",
-    "BackboneOptionError",
-    "BasicBlock",
-    "BasicStem",
-    "DeepStem",
+    "BLOCK_TYPES",
     "STEM_TYPES",
-    "BottleneckBlock",
-    "FPN",
-    "LastLevelMaxPool",
-    "ResNet",
-    "add_backbones_config",
-    "backbones_build_resnet_backbone",
-    "backbones_build_resnet_fpn_backbone",
+    "NORMS",
+    "SOURCES",
+    # plain PyTorch: no config needed
     "make_resnet",
     "make_resnet_fpn",
+    "ResNet",
+    "FPN",
+    "LastLevelMaxPool",
+    "ResidualBlock",
+    "BasicBlock",
+    "BottleneckBlock",
+    "BasicStem",
+    "DeepStem",
+    # weights
+    "Weights",
+    "read_weights",
+    "load_weights",
+    "BackbonesCheckpointer",
+    # Detectron2 configs and training
+    "add_backbones_config",
+    "load_cfg",
+    "backbones_build_resnet_backbone",
+    "backbones_build_resnet_fpn_backbone",
+    "Trainer",
+    # data
+    "register_coco_dataset",
     "register_shapes",
     "SHAPES_CLASSES",
+    # errors
+    "BackboneOptionError",
 ]
 
 register_shapes()

@@ -10,7 +10,7 @@ import json
 import time
 from collections import Counter
 
-from backbones.shapes import (
+from backbones.data import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_NUM_TRAIN,
     DEFAULT_NUM_VAL,

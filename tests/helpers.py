@@ -2,24 +2,30 @@
 from __future__ import annotations
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 
-from backbones import add_backbones_config
+from backbones import load_cfg
 
 FPN_FEATURES = ["res2", "res3", "res4", "res5"]
 
 
 def make_cfg(**resnets) -> CfgNode:
-    """A Detectron2 cfg with our node, the FPN features, and ``MODEL.RESNETS`` overrides."""
-    cfg = add_backbones_config(get_cfg())
-    cfg.MODEL.RESNETS.OUT_FEATURES = FPN_FEATURES
-    cfg.MODEL.FPN.IN_FEATURES = FPN_FEATURES
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.WEIGHTS = "unused-by-the-builders.pkl"  # silences the FrozenBN-from-scratch warning
+    """A Detectron2 cfg (not frozen) with our node, the FPN features, and ``MODEL.RESNETS``
+    overrides, composed by :func:`backbones.load_cfg`."""
+    opts = [
+        "MODEL.RESNETS.OUT_FEATURES", repr(FPN_FEATURES),
+        "MODEL.FPN.IN_FEATURES", repr(FPN_FEATURES),
+        "MODEL.BACKBONE.FREEZE_AT", "0",
+        # A name only, never read: it silences the FrozenBN-from-scratch warning.
+        "MODEL.WEIGHTS", "unused-by-the-builders.pkl",
+        "BACKBONES.INPUT_FROM_WEIGHTS", "off",
+    ]  # fmt: skip
     for key, value in resnets.items():
-        cfg.MODEL.RESNETS[key.upper()] = value
+        opts += [f"MODEL.RESNETS.{key.upper()}", repr(value)]
+    cfg = load_cfg(opts=opts)
+    cfg.defrost()
     return cfg
 
 

@@ -7,7 +7,7 @@ import torch
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 
 from backbones import make_resnet_fpn
-from backbones.adapters import (
+from backbones.export import (
     TorchvisionBackbone,
     as_torchvision_backbone,
     torchvision_faster_rcnn,

@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 
 from backbones.data import register_coco_dataset
 from backbones.inference import find_inputs
-from backbones.shapes import generate_shapes
+from backbones.data import generate_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "mrcnn_r18_shapes.yaml"

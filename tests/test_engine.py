@@ -1,4 +1,5 @@
-"""Tests for ``backbones.engine``: COCO evaluation parity, CPU DDP and launch, loss curves."""
+"""Tests for ``backbones.engine``: config composition, CPU DDP and launch, loss curves, evaluators
+by dataset type, the optimizer choice."""
 from __future__ import annotations
 
 import json
@@ -9,26 +10,17 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
-import pycocotools.mask as mask_util
 import pytest
 import torch
-from detectron2.data import DatasetCatalog
-from detectron2.data.datasets import register_coco_instances
-from detectron2.evaluation import COCOEvaluator
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from detectron2.structures import Boxes, Instances
+from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 from PIL import Image
 from torch import nn
 
 from backbones import BackboneOptionError, engine
 from backbones.engine import (
-    COCO_BACKENDS,
-    FasterCOCOEvaluator,
     LossCurveWriter,
     Trainer,
-    coco_stats,
     ddp_device_ids,
     launch,
     load_cfg,
@@ -36,161 +28,9 @@ from backbones.engine import (
     plot_loss_curves,
     smooth,
 )
+from backbones.evaluation import FasterCOCOEvaluator
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# ---------------------------------------------------------------------------------------------
-# COCO evaluation
-
-# Non-contiguous ids; "hexagon" has ground truth but is never predicted, "pentagon" has neither.
-CATEGORIES = [(1, "circle"), (3, "square"), (7, "hexagon"), (9, "pentagon")]
-PREDICTED_IDS = (1, 3)
-HEIGHT, WIDTH = 320, 400
-NUM_IMAGES = 6  # the last one has no annotations
-
-
-def _diamond(x: float, y: float, w: float, h: float) -> list[float]:
-    """A polygon inside a box, so that masks and boxes give different IoUs."""
-    return [x + w / 2, y, x + w, y + h / 2, x + w / 2, y + h, x, y + h / 2]
-
-
-def _make_coco(rng: np.random.Generator) -> dict:
-    images = [
-        {"id": i, "file_name": f"{i:03d}.png", "height": HEIGHT, "width": WIDTH}
-        for i in range(1, NUM_IMAGES + 1)
-    ]
-    annotations = []
-    for image_id in range(1, NUM_IMAGES):
-        for k in range(int(rng.integers(2, 6))):
-            # Sides log-uniform in 6..300 px, the first object large: all COCO area ranges.
-            w, h = np.exp(rng.uniform(np.log(150 if k == 0 else 6), np.log(300), size=2))
-            x, y = rng.uniform(0, WIDTH - w), rng.uniform(0, HEIGHT - h)
-            poly = _diamond(x, y, w, h)
-            rle = mask_util.merge(mask_util.frPyObjects([poly], HEIGHT, WIDTH))
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": int(rng.choice([1, 3, 7])),
-                    "bbox": [x, y, w, h],
-                    "segmentation": [poly],
-                    "area": float(mask_util.area(rle)),
-                    "iscrowd": int(image_id == 2 and k == 1),
-                }
-            )
-    categories = [{"id": i, "name": n, "supercategory": "shape"} for i, n in CATEGORIES]
-    return {"images": images, "annotations": annotations, "categories": categories}
-
-
-def _predict(coco: dict, rng: np.random.Generator) -> dict[int, Instances]:
-    """Noisy copies of most ground-truth objects plus false positives, as model outputs."""
-    contiguous = {cat_id: i for i, (cat_id, _) in enumerate(CATEGORIES)}
-    per_image: dict[int, list[tuple[list[float], int, float]]] = {
-        img["id"]: [] for img in coco["images"]
-    }
-    for ann in coco["annotations"]:
-        if rng.random() < 0.8:
-            x, y, w, h = ann["bbox"]
-            dx, dy, dw, dh = rng.normal(0, 0.1, size=4) * [w, h, w, h]
-            cat = ann["category_id"] if ann["category_id"] in PREDICTED_IDS else 1
-            if rng.random() < 0.15:
-                cat = 4 - cat  # the other predicted class
-            box = [x + dx, y + dy, max(w + dw, 2.0), max(h + dh, 2.0)]
-            per_image[ann["image_id"]].append((box, cat, float(rng.random())))
-    for image_id, dets in per_image.items():
-        for _ in range(2):
-            w, h = rng.uniform(5, 80, size=2)
-            box = [rng.uniform(0, WIDTH - w), rng.uniform(0, HEIGHT - h), w, h]
-            dets.append((box, int(rng.choice(PREDICTED_IDS)), float(rng.random() * 0.5)))
-
-    outputs = {}
-    for image_id, dets in per_image.items():
-        boxes = torch.tensor([[x, y, x + w, y + h] for (x, y, w, h), _, _ in dets])
-        masks = [
-            mask_util.decode(mask_util.merge(mask_util.frPyObjects([_diamond(*b)], HEIGHT, WIDTH)))
-            for b, _, _ in dets
-        ]
-        instances = Instances((HEIGHT, WIDTH))
-        instances.pred_boxes = Boxes(boxes.float())
-        instances.scores = torch.tensor([s for _, _, s in dets])
-        instances.pred_classes = torch.tensor([contiguous[c] for _, c, _ in dets])
-        instances.pred_masks = torch.from_numpy(np.stack(masks)).bool()
-        outputs[image_id] = instances
-    return outputs
-
-
-@pytest.fixture(scope="module")
-def coco_case(tmp_path_factory) -> tuple[str, Path, dict[int, Instances]]:
-    """A registered COCO dataset (name, json file) and model outputs for its images."""
-    rng = np.random.default_rng(0)
-    coco = _make_coco(rng)
-    json_file = tmp_path_factory.mktemp("coco") / "instances.json"
-    json_file.write_text(json.dumps(coco))
-    name = "engine_test_coco"
-    register_coco_instances(name, {}, str(json_file), str(json_file.parent))
-    DatasetCatalog.get(name)  # sets thing_classes and the category id mapping
-    return name, json_file, _predict(coco, rng)
-
-
-def _run(evaluator, outputs: dict[int, Instances]) -> dict:
-    evaluator.reset()
-    for image_id, instances in outputs.items():
-        evaluator.process([{"image_id": image_id}], [{"instances": instances}])
-    return evaluator.evaluate()
-
-
-def _coco_results(outputs: dict[int, Instances]) -> list[dict]:
-    dataset_ids = [cat_id for cat_id, _ in CATEGORIES]
-    results = [
-        r for image_id, inst in outputs.items() for r in instances_to_coco_json(inst, image_id)
-    ]
-    for r in results:
-        r["category_id"] = dataset_ids[r["category_id"]]
-    return results
-
-
-@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
-def test_coco_stats_match_pycocotools(coco_case, iou_type):
-    _, json_file, outputs = coco_case
-    results = _coco_results(outputs)
-    faster = coco_stats(json_file, results, iou_type, backend="faster_coco_eval")
-    official = coco_stats(json_file, results, iou_type, backend="pycocotools")
-    assert faster.shape == official.shape == (12,)
-    # Not a vacuous comparison: real detections with partial precision and recall.
-    assert 0.05 < official[0] < 0.95 and (official[3:6] > -1).all()
-    np.testing.assert_allclose(faster, official, rtol=0, atol=1e-9)
-
-
-@pytest.mark.parametrize("backend", COCO_BACKENDS)
-def test_evaluator_matches_detectron2_official(coco_case, tmp_path, backend):
-    name, _, outputs = coco_case
-    ours = FasterCOCOEvaluator(
-        name, tasks=("bbox", "segm"), output_dir=str(tmp_path), backend=backend
-    )
-    official = COCOEvaluator(name, tasks=("bbox", "segm"), use_fast_impl=False)
-    assert ours.backend == backend
-    got, expected = _run(ours, outputs), _run(official, outputs)
-
-    assert set(got) == set(expected) == {"bbox", "segm"}
-    for task in expected:
-        assert set(got[task]) == set(expected[task])
-        for metric, value in expected[task].items():
-            assert got[task][metric] == pytest.approx(value, abs=1e-7, nan_ok=True), metric
-    # Never predicted: AP 0; no ground truth: NaN.
-    assert got["bbox"]["AP-hexagon"] == 0 and math.isnan(got["bbox"]["AP-pentagon"])
-
-    results = json.loads((tmp_path / "coco_instances_results.json").read_text())
-    assert {r["category_id"] for r in results} == set(PREDICTED_IDS)
-    assert {r["image_id"] for r in results} == set(range(1, NUM_IMAGES + 1))
-    metrics = json.loads((tmp_path / "coco_metrics.json").read_text())
-    assert metrics["bbox"]["AP"] == pytest.approx(got["bbox"]["AP"])
-
-
-def test_evaluator_auto_prefers_faster_coco_eval(coco_case):
-    assert FasterCOCOEvaluator(coco_case[0]).backend == "faster_coco_eval"
-    with pytest.raises(ValueError, match="Unknown COCO backend"):
-        FasterCOCOEvaluator(coco_case[0], backend="lvis")
-
 
 # ---------------------------------------------------------------------------------------------
 # Config, DDP and launch on CPU
@@ -205,7 +45,7 @@ def test_load_cfg_adds_our_node_and_falls_back_to_cpu(monkeypatch):
 
 
 def test_ddp_device_ids(monkeypatch):
-    monkeypatch.setattr(engine.comm, "get_local_rank", lambda: 3)
+    monkeypatch.setattr(comm, "get_local_rank", lambda: 3)
     # torch rejects device_ids for CPU modules; any other device gets this process's index.
     assert ddp_device_ids(nn.Linear(2, 2)) is None
     assert ddp_device_ids(nn.Linear(2, 2, device="meta")) == [3]
@@ -378,12 +218,32 @@ def test_loss_curve_writer_never_raises(tmp_path, caplog):
 def test_evaluator_for_a_non_coco_dataset_names_it():
     from detectron2.data import MetadataCatalog
 
-    MetadataCatalog.get("not_coco_for_test").set(evaluator_type="sem_seg")
+    MetadataCatalog.get("not_coco_for_test").set(evaluator_type="cityscapes_instance")
     try:
-        with pytest.raises(ValueError, match=r"'not_coco_for_test' has evaluator_type='sem_seg'"):
+        with pytest.raises(
+            ValueError,
+            match=r"'not_coco_for_test' has evaluator_type='cityscapes_instance'.*'coco', 'lvis'",
+        ):
             Trainer.build_evaluator(load_cfg(), "not_coco_for_test")
     finally:
         MetadataCatalog.remove("not_coco_for_test")
+
+
+def test_evaluator_follows_the_dataset_evaluator_type(tmp_path):
+    from detectron2.data import MetadataCatalog
+    from detectron2.evaluation import PascalVOCDetectionEvaluator
+
+    MetadataCatalog.get("voc_for_test").set(
+        evaluator_type="pascal_voc", dirname=str(tmp_path), split="val", year=2007,
+        thing_classes=["a"],
+    )  # fmt: skip
+    try:
+        evaluator = Trainer.build_evaluator(load_cfg(), "voc_for_test")
+        assert isinstance(evaluator, PascalVOCDetectionEvaluator)
+        # No evaluator_type: COCO, bbox only without masks.
+        assert isinstance(Trainer.build_evaluator(load_cfg(), "shapes_val"), FasterCOCOEvaluator)
+    finally:
+        MetadataCatalog.remove("voc_for_test")
 
 
 def test_optimizer_choice_follows_backbones_optimizer():

@@ -21,9 +21,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from backbones import evaluation
 from backbones.evaluation import (
-    COCO_BACKENDS,
     STAT_NAMES,
     COCOFormatError,
     COCOResultsWarning,
@@ -35,6 +33,7 @@ from backbones.evaluation import (
     validate_results,
     write_report,
 )
+from backbones.evaluation.results import _rle_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,10 +147,11 @@ def case(tmp_path_factory) -> tuple[Path, dict, list[dict], list[list[float]]]:
     return path, gt, results, polygons
 
 
-def pycocotools_stats(
+def pycocotools_eval(
     gt_file: Path, results: list[dict], iou_type: str, cat_ids: list[int] | None = None
-) -> np.ndarray:
-    """pycocotools' 12 numbers, run directly; masks rated by their own area (no bbox)."""
+) -> COCOeval:
+    """pycocotools' summarised COCOeval (the oracle), run directly; masks rated by their own
+    area (no bbox)."""
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(str(gt_file))
         results = copy.deepcopy(results)
@@ -171,6 +171,14 @@ def pycocotools_stats(
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
+    return coco_eval
+
+
+def pycocotools_stats(
+    gt_file: Path, results: list[dict], iou_type: str, cat_ids: list[int] | None = None
+) -> np.ndarray:
+    """pycocotools' 12 numbers, run directly (see :func:`pycocotools_eval`)."""
+    coco_eval = pycocotools_eval(gt_file, results, iou_type, cat_ids)
     return np.asarray(coco_eval.stats[:12], dtype=np.float64)
 
 
@@ -193,12 +201,11 @@ def test_generated_set_covers_the_cases(case):
     assert 8 not in {a["category_id"] for a in gt["annotations"]}
 
 
-@pytest.mark.parametrize("backend", COCO_BACKENDS)
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
-def test_matches_pycocotools(case, iou_type, backend):
+def test_matches_pycocotools(case, iou_type):
     gt_file, _, results, _ = case
-    report = evaluate_results(gt_file, results, [iou_type], backend=backend)
-    assert report.backend == backend
+    report = evaluate_results(gt_file, results, [iou_type])
+    assert report.backend == "faster_coco_eval"
     assert (report.num_images, report.num_results) == (len(IMAGE_IDS), len(results))
     got = report.iou_types[iou_type]
     expected = pycocotools_stats(gt_file, results, iou_type)
@@ -219,37 +226,24 @@ def test_matches_pycocotools(case, iou_type, backend):
     assert got.precision.shape == (10, 101, len(CATEGORIES), 4, 3)
 
 
-def test_backends_agree_on_both_iou_types(case):
-    _, gt, results, _ = case
-    faster, official = (
-        evaluate_results(gt, results, ("bbox", "segm"), backend=b) for b in COCO_BACKENDS
-    )
+def test_both_iou_types_in_one_run_match_pycocotools(case):
+    gt_file, gt, results, _ = case
+    report = evaluate_results(gt, results, ("bbox", "segm"))
     for iou_type in ("bbox", "segm"):
-        x, y = faster.iou_types[iou_type], official.iou_types[iou_type]
-        np.testing.assert_allclose(list(x.stats.values()), list(y.stats.values()), atol=1e-9)
-        for cx, cy in zip(x.per_category, y.per_category):
-            assert cx == pytest.approx(cy, abs=1e-9)
-        np.testing.assert_allclose(x.precision, y.precision, atol=1e-9)
+        got, official = report.iou_types[iou_type], pycocotools_eval(gt_file, results, iou_type)
+        np.testing.assert_allclose(list(got.stats.values()), official.stats[:12], atol=1e-9)
+        np.testing.assert_allclose(got.precision, official.eval["precision"], atol=1e-9)
+        for c in got.per_category:
+            per_cat = pycocotools_stats(gt_file, results, iou_type, cat_ids=[c["category_id"]])
+            np.testing.assert_allclose([c["AP"], c["AP50"], c["AP75"]], per_cat[:3], atol=1e-9)
     # Masks are not boxes: the two IoU types give different numbers.
-    assert faster.iou_types["bbox"].stats["AP"] != faster.iou_types["segm"].stats["AP"]
+    assert report.iou_types["bbox"].stats["AP"] != report.iou_types["segm"].stats["AP"]
 
 
-def test_auto_backend_and_fallback(case, monkeypatch):
-    gt_file, _, results, _ = case
-    assert evaluate_results(gt_file, results[:5]).backend == "faster_coco_eval"
-    monkeypatch.setattr(evaluation, "COCOeval_faster", None)
-    assert evaluate_results(gt_file, results[:5]).backend == "pycocotools"
-    with pytest.raises(ImportError, match="pip install faster-coco-eval"):
-        evaluate_results(gt_file, results[:5], backend="faster_coco_eval")
-    with pytest.raises(ValueError, match="Unknown COCO backend 'lvis'"):
-        evaluate_results(gt_file, results[:5], backend="lvis")
-
-
-@pytest.mark.parametrize("backend", COCO_BACKENDS)
-def test_empty_results_give_pycocotools_numbers(case, backend):
+def test_empty_results_give_pycocotools_numbers(case):
     gt_file, gt, _, _ = case
     with pytest.warns(COCOResultsWarning, match="no results"):
-        report = evaluate_results(gt_file, [], ("bbox", "segm"), backend=backend)
+        report = evaluate_results(gt_file, [], ("bbox", "segm"))
     # No detection: 0 where some non-crowd object falls in the area range, else -1 (undefined).
     areas = [a["area"] for a in gt["annotations"] if not a["iscrowd"]]
     in_range = {
@@ -296,7 +290,7 @@ def test_rle_counts_decoder_matches_pycocotools():
         h, w = (int(n) for n in rng.integers(1, 300, size=2))
         mask = (rng.random((h, w)) < rng.random()).astype(np.uint8)
         rle = mask_util.encode(np.asfortranarray(mask))
-        runs = evaluation._rle_counts(rle["counts"].decode("ascii"))
+        runs = _rle_counts(rle["counts"].decode("ascii"))
         assert runs.tolist() == _uncompressed(rle)["counts"]
 
 
@@ -445,6 +439,17 @@ def test_report_round_trip(case, tmp_path):
     assert csv_file.read_text().splitlines()[0] == "iou_type,category_id,name,AP,AP50,AP75"
 
 
+def test_read_report_names_a_bad_file(case, tmp_path):
+    gt_file, _, results, _ = case
+    json_file, _ = write_report(evaluate_results(gt_file, results[:5]), tmp_path)
+    json_file.write_text('{"backend": "faster_coco_eval"')
+    with pytest.raises(ValueError, match=rf"{json_file}: invalid JSON at line 1"):
+        read_report(tmp_path)
+    json_file.write_text('{"backend": "faster_coco_eval"}')
+    with pytest.raises(ValueError, match=rf"{json_file}: not a report .*'num_images'"):
+        read_report(json_file)
+
+
 def test_pr_curves_average_to_ap(case, tmp_path):
     gt_file, _, results, _ = case
     report = evaluate_results(gt_file, results, ("bbox", "segm"))
@@ -534,14 +539,14 @@ def test_cli_bad_input_exits_2_with_one_line(case, tmp_path, capsys):
     assert not (tmp_path / "coco_eval_metrics.json").exists()
 
 
-def test_cli_empty_results_warn_and_pycocotools_backend(case, tmp_path, capsys):
+def test_cli_empty_results_warn(case, tmp_path, capsys):
     gt_file = case[0]
     tool = _load_tool()
     dt = tmp_path / "dt.json"
     dt.write_text("[]")
-    assert tool.main(["--gt", str(gt_file), "--dt", str(dt), "--backend", "pycocotools"]) == 0
+    assert tool.main(["--gt", str(gt_file), "--dt", str(dt)]) == 0
     out, err = capsys.readouterr()
-    assert "COCO evaluation with pycocotools: 0 results on 6 images" in out
+    assert "COCO evaluation with faster_coco_eval: 0 results on 6 images" in out
     assert err.startswith(f"coco_eval.py: warning: {dt}: no results")
     assert read_report(tmp_path).iou_types["bbox"].stats["AP"] == 0
 
@@ -556,7 +561,7 @@ import os
 import sys
 
 sys.path.insert(0, {tools!r})
-from backbones.shapes import register_shapes
+from backbones.data import register_shapes
 from detectron2.data.datasets import register_coco_instances
 
 register_shapes(name="tiny_shapes", num_train=8, num_val=4)

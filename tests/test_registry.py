@@ -17,7 +17,7 @@ from backbones import (
     backbones_build_resnet_backbone,
     backbones_build_resnet_fpn_backbone,
 )
-from backbones.blocks import AvgDownConvNorm
+from backbones.modeling.layers import AvgDownConvNorm
 
 RGB = ShapeSpec(channels=3)
 

@@ -13,7 +13,7 @@ from helpers import randomize_
 from torch import nn
 
 from backbones import DEPTHS, NORMS, PRESETS, BackboneOptionError, make_resnet
-from backbones.blocks import AvgDownConvNorm, projection_shortcut
+from backbones.modeling.layers import AvgDownConvNorm, projection_shortcut
 
 
 def tiny(depth: int, **options):

@@ -17,7 +17,7 @@ from detectron2.structures import BoxMode
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from backbones.shapes import (
+from backbones.data import (
     SHAPES_CLASSES,
     default_root,
     ensure_generated,

@@ -24,7 +24,7 @@ import yaml
 from pycocotools.coco import COCO
 
 from backbones.engine import load_metrics
-from backbones.shapes import generate_shapes
+from backbones.data import generate_shapes
 
 pytestmark = pytest.mark.slow
 

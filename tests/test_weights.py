@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,24 +18,29 @@ from helpers import make_cfg, randomize_
 from torch import nn
 
 from backbones import make_resnet
-from backbones.checkpoint import (
-    BackbonesCheckpointer,
-    InputSettingsError,
-    WeightsShapeError,
-    apply_input_settings,
-    config_origins,
-    load_weights,
-)
+from backbones.checkpoint import BackbonesCheckpointer
+from backbones.config import InputSettingsError, apply_input_settings, config_origins
 from backbones.engine import load_cfg
 from backbones.weights import (
-    MSRA_INPUT,
-    TORCHVISION_INPUT,
+    KNOWN_URLS,
+    SOURCES,
+    InputSettings,
+    Renamed,
+    Source,
     UnsafeWeightsError,
     WeightsFormatError,
+    WeightsShapeError,
+    claiming_sources,
+    detect_source,
+    load_weights,
     read_file,
     read_weights,
+    register_source,
+    source_of_url,
     weights_from_object,
+    write_detectron2_checkpoint,
 )
+from backbones.weights.sources import MSRA_INPUT, TORCHVISION_INPUT, unwrap
 
 # torchvision's ResNet family: constructor -> what our architecture reads from its tensors.
 TORCHVISION = {
@@ -438,7 +444,8 @@ def test_plain_fpn_takes_the_backbone_of_a_detector_checkpoint(tmp_path):
 
 def test_weights_read_for_the_config_are_not_read_again_by_the_checkpointer(tmp_path, monkeypatch):
     import backbones.checkpoint as checkpoint
-    import backbones.weights as weights_module
+    import backbones.config.input_settings as input_settings
+    import backbones.weights.read as weights_module
 
     path = tmp_path / "resnet18.pth"
     torch.save(torchvision_model("resnet18").state_dict(), path)
@@ -454,4 +461,148 @@ def test_weights_read_for_the_config_are_not_read_again_by_the_checkpointer(tmp_
     cfg = load_cfg("configs/mrcnn_r18_shapes.yaml", shapes_cfg(**{"MODEL.WEIGHTS": str(path)}))
     BackbonesCheckpointer(build_model(cfg), cfg=cfg).load(cfg.MODEL.WEIGHTS)
     assert len(reads) == 1
-    assert not checkpoint._READ_AHEAD  # dropped once loaded, not kept for the run
+    assert not input_settings._READ_AHEAD  # dropped once loaded, not kept for the run
+
+
+# ---------------------------------------------------------------------------------------------
+# The table of sources: one record each, exactly one claiming each file, extensible
+
+
+def shrunk_resnet50(**opts) -> nn.Module:
+    return make_resnet(50, stem_out_channels=8, res2_out_channels=16, **opts)
+
+
+def timm_state(name: str) -> dict:
+    import timm
+
+    return timm.create_model(name, pretrained=False).state_dict()
+
+
+# One file of every kind the tests above read, as the object read_file returns.
+SOURCE_FIXTURES = {
+    "torchvision": lambda: torchvision_model("resnet18").state_dict(),
+    "torchvision (DDP, state_dict)": lambda: {
+        "state_dict": {
+            "module." + k: v for k, v in torchvision_model("resnet18").state_dict().items()
+        },
+        "epoch": 90,
+    },
+    "torchvision (plain timm)": lambda: timm_state("resnet26"),
+    "timm": lambda: timm_state("resnet18d"),
+    "msra": lambda: {"blobs": caffe2_blobs(shrunk_resnet50(width_per_group=4))},
+    "fair": lambda: caffe2_blobs(shrunk_resnet50(num_groups=4, width_per_group=2)),
+    "detectron2": lambda: make_resnet(18).state_dict(),
+    "detectron2 (detector, numpy)": lambda: {
+        "model": {
+            f"backbone.bottom_up.{k}": v.numpy() for k, v in make_resnet(18).state_dict().items()
+        },
+        "iteration": 9,
+    },
+}
+
+
+@pytest.mark.parametrize("kind", SOURCE_FIXTURES)
+def test_exactly_one_source_claims_each_file(kind):
+    obj = SOURCE_FIXTURES[kind]()
+    expected = kind.split(" ")[0]
+    assert claiming_sources(*unwrap(obj)) == [expected]
+    assert detect_source(obj)[0] == expected
+
+
+def test_every_source_is_one_record():
+    for name, source in SOURCES.items():
+        assert source.name == name and source.description
+        assert callable(source.detect) and callable(source.rename)
+    assert dict(KNOWN_URLS) == {
+        "detectron2://ImageNetPretrained/torchvision/": "torchvision",
+        "detectron2://ImageNetPretrained/MSRA/": "msra",
+        "detectron2://ImageNetPretrained/FAIR/": "fair",
+    }
+    assert source_of_url("detectron2://ImageNetPretrained/MSRA/R-50.pkl") == "msra"
+    assert source_of_url("https://example.com/R-50.pkl") is None
+
+
+@pytest.fixture
+def sources_table():
+    """SOURCES as it was before the test, whatever the test registers into it."""
+    saved = dict(SOURCES)
+    yield SOURCES
+    SOURCES.clear()
+    SOURCES.update(saved)
+
+
+# A made-up naming scheme: "toynet:" + the Detectron2 name with "/" for ".", plus a classifier.
+TOY_INPUT = InputSettings("BGR", (100.0, 110.0, 120.0), (50.0, 50.0, 50.0), False)
+
+
+def detect_toy(state, meta) -> bool:
+    return any(k.startswith("toynet:") for k in state)
+
+
+def rename_toy(state) -> Renamed:
+    renamed, unused = {}, []
+    for name, value in state.items():
+        if name.startswith("toynet:classifier/"):
+            unused.append(name)
+        else:
+            renamed[name[len("toynet:") :].replace("/", ".")] = value
+    return Renamed(renamed, unused, {})
+
+
+TOY = Source("toy", "ToyNet checkpoint", TOY_INPUT, detect_toy, rename_toy, urls=("toyzoo://",))
+
+
+def test_a_new_weight_source_is_one_record(sources_table, tmp_path):
+    register_source(TOY)
+    reference = randomize_(make_resnet(18)).state_dict()
+    path = tmp_path / "toy18.pth"
+    toy = {"toynet:" + k.replace(".", "/"): v for k, v in reference.items()}
+    torch.save({**toy, "toynet:classifier/weight": torch.zeros(10, 512)}, path)
+    weights = read_weights(path)
+    assert weights.source == "toy" and weights.input == TOY_INPUT
+    assert weights.unused == ["toynet:classifier/weight"] and weights.architecture["depth"] == 18
+    ours = make_resnet(18, weights=str(path))
+    for name, tensor in ours.state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
+    lines: list[str] = []
+    report = load_weights(make_resnet(18), str(path), log=lines.append)
+    assert report.source == "toy" and not report.missing and "ToyNet checkpoint" in lines[0]
+    # Converted once, the file remembers its source and input settings.
+    write_detectron2_checkpoint(weights, tmp_path / "R-18-toy.pkl")
+    converted = read_weights(tmp_path / "R-18-toy.pkl")
+    assert converted.origin == "toy, converted" and converted.input == TOY_INPUT
+    # Its zoo addresses are known without downloading: the config takes its input settings.
+    assert source_of_url("toyzoo://resnets/r18.pth") == "toy" and KNOWN_URLS["toyzoo://"] == "toy"
+    cfg = load_cfg(
+        "configs/mrcnn_r18_shapes.yaml", shapes_cfg(**{"MODEL.WEIGHTS": "toyzoo://r18.pth"})
+    )
+    assert cfg.INPUT.FORMAT == "BGR" and cfg.MODEL.PIXEL_MEAN == [100.0, 110.0, 120.0]
+
+
+def test_registering_a_taken_name_or_address_is_refused(sources_table):
+    register_source(TOY)
+    with pytest.raises(ValueError, match=r"weight source 'toy' is already registered"):
+        register_source(TOY)
+    with pytest.raises(
+        ValueError, match=r"'detectron2://ImageNetPretrained/MSRA/' already belongs"
+    ):
+        register_source(replace(TOY, name="msra2", urls=("detectron2://ImageNetPretrained/MSRA/",)))
+    with pytest.raises(TypeError, match=r"urls=\('toyzoo2://',\)"):
+        replace(TOY, name="toy2", urls="toyzoo2://")
+    assert "msra2" not in SOURCES and "toy2" not in SOURCES
+
+
+def test_a_file_two_sources_claim_is_an_error_naming_both(sources_table):
+    def detect_greedy(state, meta) -> bool:
+        return "fc.weight" in state  # torchvision's classifier: its files are torchvision's
+
+    register_source(Source("greedy", "claims torchvision's", None, detect_greedy, rename_toy))
+    state = torchvision_model("resnet18").state_dict()
+    with pytest.raises(
+        WeightsFormatError, match=r"tv.pth: .*match several weight sources: torchvision, greedy"
+    ):
+        detect_source(state, "tv.pth")
+    # An unknown file's error lists the sources of the table, registered ones included.
+    with pytest.raises(WeightsFormatError, match=r"x.pth: unknown weights format") as error:
+        detect_source({"encoder.weight": torch.zeros(1)}, "x.pth")
+    assert all(f"{name} (" in str(error.value) for name in SOURCES)

@@ -4,10 +4,12 @@ import argparse
 import warnings
 
 import torch
-from detectron2.config import get_cfg
+from benchmarks import benchmark_detector, benchmark_fpn
 
-from backbones import add_backbones_config
-from backbones.benchmark import benchmark_detector, benchmark_fpn
+from backbones import load_cfg
+
+FPN_FEATURES = "['res2', 'res3', 'res4', 'res5']"
+
 
 
 def main() -> None:
@@ -27,12 +29,11 @@ def main() -> None:
     )
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = ap.parse_args()
-    cfg = add_backbones_config(get_cfg())
-    cfg.MODEL.RESNETS.OUT_FEATURES = cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
     warnings.filterwarnings("ignore", message=".*no MODEL.WEIGHTS.*")
+    features = [] if args.config_file else [  # Detectron2's defaults are C4's: take the FPN's
+        "MODEL.RESNETS.OUT_FEATURES", FPN_FEATURES, "MODEL.FPN.IN_FEATURES", FPN_FEATURES
+    ]
+    cfg = load_cfg(args.config_file, features + args.opts)
     r = cfg.MODEL.RESNETS
     print(f"R-{r.DEPTH}-FPN ({r.NUM_GROUPS}x{r.WIDTH_PER_GROUP}d, norm {r.NORM}), batch "
           f"{args.batch} x {args.size[0]}x{args.size[1]}, {args.device}, torch "

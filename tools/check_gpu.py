@@ -16,26 +16,26 @@ import argparse
 import copy
 import json
 import time
+import warnings
 
 import torch
-from detectron2.config import get_cfg
+from benchmarks import Timing, benchmark_detector, benchmark_fpn
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
 
-from backbones import add_backbones_config, backbones_build_resnet_fpn_backbone
-from backbones.benchmark import Timing, benchmark_detector, benchmark_fpn
-from backbones.config import MEMORY_FORMATS
+from backbones import backbones_build_resnet_fpn_backbone, load_cfg
+from backbones.modeling import MEMORY_FORMATS
 
 FEATURES = ["res2", "res3", "res4", "res5"]
 
 
-def fpn_cfg(**resnets):
-    cfg = add_backbones_config(get_cfg())
-    cfg.MODEL.RESNETS.OUT_FEATURES = cfg.MODEL.FPN.IN_FEATURES = FEATURES
-    cfg.MODEL.WEIGHTS = "benchmark.pkl"  # weights are copied between the two: no warning
+def fpn_cfg(*opts, **resnets):
+    """A config of the backbones alone (both get the same weights by copy)."""
+    options = ["MODEL.RESNETS.OUT_FEATURES", repr(FEATURES)]
+    options += ["MODEL.FPN.IN_FEATURES", repr(FEATURES)]
     for key, value in resnets.items():
-        cfg.MODEL.RESNETS[key] = value
-    return cfg
+        options += [f"MODEL.RESNETS.{key}", repr(value)]
+    return load_cfg(opts=options + list(opts))
 
 
 @torch.no_grad()
@@ -89,8 +89,7 @@ def report(results: dict, label: str, t: Timing, suffix: str = "") -> None:
 
 def speed(device: str, results: dict, iters: int) -> None:
     for memory_format, amp in [(m, a) for m in MEMORY_FORMATS for a in ("", "bf16", "fp16")]:
-        cfg = fpn_cfg(DEPTH=50)
-        cfg.BACKBONES.MEMORY_FORMAT = memory_format
+        cfg = fpn_cfg("BACKBONES.MEMORY_FORMAT", memory_format, DEPTH=50)
         for t in benchmark_fpn(
             cfg, batch=2, size=(800, 1216), iters=iters, warmup=5, device=device, amp=amp
         ):
@@ -114,10 +113,7 @@ def detector(device: str, results: dict, iters: int, config: str) -> None:
         ("channels_last, NCHW outputs", "fp16", _contiguous_outputs),
     ]
     for name, amp, prepare in variants:
-        cfg = add_backbones_config(get_cfg())
-        cfg.merge_from_file(config)
-        cfg.MODEL.WEIGHTS = ""
-        cfg.BACKBONES.MEMORY_FORMAT = name.split(",")[0]
+        cfg = load_cfg(config, ["MODEL.WEIGHTS", "", "BACKBONES.MEMORY_FORMAT", name.split(",")[0]])
         start = time.perf_counter()
         (t,) = benchmark_detector(
             cfg,
@@ -142,6 +138,8 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device")
+    # Both models get the same weights by copy: random FrozenBN is intended here.
+    warnings.filterwarnings("ignore", message=".*no MODEL.WEIGHTS.*")
     device = "cuda"
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     results: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}

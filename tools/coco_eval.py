@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Evaluate a COCO results file (boxes and/or masks) against COCO ground truth, as pycocotools.
 
-Prints the backend, the 12 COCO numbers and per-category AP; writes ``coco_eval_metrics.json``
-and ``coco_eval_per_category.csv`` (values in [0, 1], -1 where undefined) into ``--output``,
-by default the folder of ``--dt``; ``--plot`` adds ``pr_curve_<iou type>.png``. Examples::
+Prints the 12 COCO numbers and per-category AP, computed by faster-coco-eval; writes
+``coco_eval_metrics.json`` and ``coco_eval_per_category.csv`` (values in [0, 1], -1 where
+undefined) into ``--output``, by default the folder of ``--dt``; ``--plot`` adds
+``pr_curve_<iou type>.png``. Examples::
 
     tools/coco_eval.py --gt instances_val2017.json --dt coco_instances_results.json
     tools/coco_eval.py --gt val.json --dt results.json --iou-type bbox segm --plot --output out
@@ -25,7 +26,6 @@ warnings.filterwarnings(
 )
 
 from backbones.evaluation import (  # noqa: E402
-    COCO_BACKENDS,
     IOU_TYPES,
     COCOFormatError,
     COCOResultsWarning,
@@ -47,12 +47,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--output", default=None, help="folder for the JSON, CSV and PNGs; default: that of --dt"
     )
     parser.add_argument("--plot", action="store_true", help="write precision-recall curves")
-    parser.add_argument(
-        "--backend",
-        choices=("auto",) + COCO_BACKENDS,
-        default="auto",
-        help="auto: faster_coco_eval if installed, else pycocotools",
-    )
     return parser.parse_args(argv)
 
 
@@ -63,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", COCOResultsWarning)
-            report = evaluate_results(args.gt, args.dt, args.iou_type, backend=args.backend)
+            report = evaluate_results(args.gt, args.dt, args.iou_type)
     except COCOFormatError as e:
         print(f"coco_eval.py: error: {e}", file=sys.stderr)
         return 2

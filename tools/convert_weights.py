@@ -19,7 +19,11 @@ import time
 
 from tqdm import tqdm
 
-from backbones.weights import WeightsFormatError, read_weights, write_detectron2_checkpoint
+from backbones.weights import (
+    WeightsFormatError,
+    read_weights,
+    write_detectron2_checkpoint,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

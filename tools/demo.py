@@ -20,7 +20,7 @@ import os
 from detectron2.utils.logger import setup_logger
 
 import backbones  # noqa: F401  (registers our backbones and the shapes datasets)
-from backbones.engine import load_cfg
+from backbones import load_cfg
 from backbones.inference import IMAGE_FORMATS, run_demo
 
 

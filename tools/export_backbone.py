@@ -7,8 +7,8 @@ Examples:
 """
 
 import argparse
-import logging
 import ast
+import logging
 import warnings
 
 from backbones import PRESETS, make_resnet, make_resnet_fpn

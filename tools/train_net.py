@@ -19,15 +19,16 @@ from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-import backbones  # noqa: F401  (registers our backbones and the shapes datasets)
-from backbones.checkpoint import BackbonesCheckpointer
-from backbones.data import dataset_opts
-from backbones.engine import Trainer, launch, load_cfg, setup
+from detectron2.config import CfgNode
+
+from backbones import BackbonesCheckpointer, Trainer, load_cfg
+from backbones.engine import launch, setup
 
 
-def main(args: argparse.Namespace) -> Any:
-    """Evaluate ``MODEL.WEIGHTS`` (``--eval-only``) or train; returns the evaluation results."""
-    cfg = setup(args)
+def main(args: argparse.Namespace, cfg: CfgNode) -> Any:
+    """Evaluate ``MODEL.WEIGHTS`` (``--eval-only``) or train with ``cfg``, composed once by the
+    parent process; returns the evaluation results."""
+    cfg = setup(args, cfg)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         BackbonesCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(
@@ -44,8 +45,8 @@ def main(args: argparse.Namespace) -> Any:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Detectron2's arguments plus ``--dataset``, whose triples join ``BACKBONES.COCO_DATASETS``
-    in ``args.opts`` (so that launched workers register them too)."""
+    """Detectron2's arguments plus ``--dataset`` (``args.dataset``: triples that
+    :func:`load_cfg` appends to ``BACKBONES.COCO_DATASETS``)."""
     parser = default_argument_parser()
     parser.add_argument(
         "--dataset",
@@ -55,23 +56,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar=("NAME", "JSON", "IMAGE_ROOT"),
         help="register a COCO-format dataset under NAME for DATASETS.TRAIN/TEST (repeatable)",
     )
-    args = parser.parse_args(argv)
-    args.opts = dataset_opts(args.config_file, args.opts, args.dataset)
-    return args
+    return parser.parse_args(argv)
 
 
 def invoke_main() -> None:
     args = parse_args()
     print("Command Line Args:", args)
+    # Composed once, here; the workers get it whole (datasets and input settings included).
+    cfg = load_cfg(args.config_file, args.opts, datasets=args.dataset)
     launch(
         main,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args,),
+        args=(args, cfg),
         # The device decides between NCCL on GPUs and gloo CPU processes.
-        device=load_cfg(args.config_file, args.opts).MODEL.DEVICE,
+        device=cfg.MODEL.DEVICE,
     )
 
 

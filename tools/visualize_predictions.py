@@ -13,7 +13,8 @@ import argparse
 from detectron2.utils.logger import setup_logger
 
 import backbones  # noqa: F401  (registers our backbones and the shapes datasets)
-from backbones.engine import load_cfg, visualize_predictions
+from backbones import load_cfg
+from backbones.inference import visualize_predictions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

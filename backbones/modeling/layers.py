@@ -1,8 +1,7 @@
-"""Residual blocks and the stem of "Deep Residual Learning for Image Recognition" (He et al., 2015).
+"""Conv + norm layers of the ResNet family: Detectron2's ``Conv2d`` with frozen batch norm folded
+into the convolution, the ResNet-D avg-down shortcut, and the projection shortcut.
 
-Module and parameter names match Detectron2's ``detectron2.modeling.backbone.resnet`` (``conv1``,
-``conv1.norm``, ``shortcut``, ...), so its checkpoints and the MSRA/Caffe2 conversions load
-unchanged.
+Module and parameter names match Detectron2's (``weight``, ``norm``), so its checkpoints load.
 """
 
 from __future__ import annotations
@@ -11,16 +10,13 @@ from typing import Callable, Union
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import CNNBlockBase, Conv2d, FrozenBatchNorm2d, get_norm
+from detectron2.layers import Conv2d, FrozenBatchNorm2d, get_norm
 from fvcore.nn import weight_init
 from torch import nn
 
 # Norm layers accepted by name (Detectron2's `get_norm` spellings); a callable
 # `channels -> nn.Module` is accepted as well.
 NORMS = ("FrozenBN", "BN", "SyncBN", "naiveSyncBN", "GN")
-# "basic": one 7x7 conv (He et al., 2015); "deep": three 3x3 convs (ResNet-C/D of "Bag of Tricks
-# for Image Classification", He et al., 2019; timm's stem_type="deep").
-STEM_TYPES = ("basic", "deep")
 Norm = Union[str, Callable[[int], nn.Module]]
 
 
@@ -176,117 +172,3 @@ def conv_norm(
     )
     weight_init.c2_msra_fill(conv)
     return conv
-
-
-class BasicBlock(CNNBlockBase):
-    """Two 3x3 convs and a shortcut (projection when the shape changes): ResNet-18/34."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        stride: int = 1,
-        norm: Norm = "BN",
-        avg_down: bool = False,
-    ):
-        super().__init__(in_channels, out_channels, stride)
-        self.shortcut = projection_shortcut(
-            in_channels, out_channels, stride, norm, avg_down=avg_down
-        )
-        self.conv1 = conv_norm(in_channels, out_channels, 3, stride=stride, norm=norm)
-        self.conv2 = conv_norm(out_channels, out_channels, 3, norm=norm)
-
-    __jit_unused_properties__ = ["last_norm"]  # TorchScript: a build-time helper only
-
-    @property
-    def last_norm(self) -> nn.Module:
-        return self.conv2.norm
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv2(F.relu_(self.conv1(x)))
-        out += x if self.shortcut is None else self.shortcut(x)
-        return F.relu_(out)
-
-
-class BottleneckBlock(CNNBlockBase):
-    """1x1 reduce, 3x3 (grouped for ResNeXt, dilated in res5 on request), 1x1 expand."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        bottleneck_channels: int,
-        stride: int = 1,
-        num_groups: int = 1,
-        norm: Norm = "BN",
-        stride_in_1x1: bool = False,
-        dilation: int = 1,
-        avg_down: bool = False,
-    ):
-        super().__init__(in_channels, out_channels, stride)
-        self.shortcut = projection_shortcut(
-            in_channels, out_channels, stride, norm, avg_down=avg_down, dilation=dilation
-        )
-        # MSRA's original models stride in the first 1x1 conv; torchvision ("ResNet v1.5") and
-        # FAIR's later models stride in the 3x3.
-        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = conv_norm(in_channels, bottleneck_channels, 1, stride=stride_1x1, norm=norm)
-        self.conv2 = conv_norm(
-            bottleneck_channels,
-            bottleneck_channels,
-            3,
-            stride=stride_3x3,
-            dilation=dilation,
-            groups=num_groups,
-            norm=norm,
-        )
-        self.conv3 = conv_norm(bottleneck_channels, out_channels, 1, norm=norm)
-
-    __jit_unused_properties__ = ["last_norm"]  # TorchScript: a build-time helper only
-
-    @property
-    def last_norm(self) -> nn.Module:
-        return self.conv3.norm
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu_(self.conv1(x))
-        out = F.relu_(self.conv2(out))
-        out = self.conv3(out)
-        out += x if self.shortcut is None else self.shortcut(x)
-        return F.relu_(out)
-
-
-class BasicStem(CNNBlockBase):
-    """7x7 stride-2 conv, ReLU, 3x3 stride-2 max-pool: stride 4."""
-
-    def __init__(self, in_channels: int = 3, out_channels: int = 64, norm: Norm = "BN"):
-        super().__init__(in_channels, out_channels, 4)
-        self.in_channels = in_channels
-        self.conv1 = conv_norm(in_channels, out_channels, 7, stride=2, norm=norm)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu_(self.conv1(x))
-        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
-
-
-class DeepStem(CNNBlockBase):
-    """Three 3x3 convs (the first with stride 2, widths ``width``, ``width``, ``out_channels``),
-    each with norm and ReLU, then a 3x3 stride-2 max-pool: stride 4. The ResNet-C/D stem of "Bag
-    of Tricks for Image Classification" (He et al., 2019), as timm's ``stem_type="deep"``.
-    """
-
-    def __init__(
-        self, in_channels: int = 3, out_channels: int = 64, *, width: int = 32, norm: Norm = "BN"
-    ):
-        super().__init__(in_channels, out_channels, 4)
-        self.conv1 = conv_norm(in_channels, width, 3, stride=2, norm=norm)
-        self.conv2 = conv_norm(width, width, 3, norm=norm)
-        self.conv3 = conv_norm(width, out_channels, 3, norm=norm)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu_(self.conv1(x))
-        x = F.relu_(self.conv2(x))
-        x = F.relu_(self.conv3(x))
-        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)

@@ -12,15 +12,15 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import get_norm
 from detectron2.modeling.backbone import Backbone
 from fvcore.nn import weight_init
 from torch import nn
 
-from .blocks import NORMS, ConvNorm
-from .errors import BackboneOptionError, check_choice
+from ..errors import BackboneOptionError, check_choice
+from ..weights import Weights, architecture_options, load_weights, read_weights
+from .layers import NORMS, ConvNorm
 from .resnet import ARCHITECTURE_DEFAULTS, STAGE_NAMES, make_resnet
-from .weights import Weights, architecture_options, read_weights
 
 FUSE_TYPES = ("sum", "avg")
 TOP_BLOCKS = ("maxpool", None)
@@ -167,13 +167,6 @@ class FPN(Backbone):
         fused = lateral + F.interpolate(top_down, scale_factor=2.0, mode="nearest")
         return fused / 2 if self._fuse_avg else fused
 
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
-            )
-            for name in self._out_features
-        }
 
 
 def make_resnet_fpn(
@@ -187,6 +180,7 @@ def make_resnet_fpn(
     weights: str | os.PathLike | Weights | None = None,
     **resnet_options,
 ) -> FPN:
+
     """Build ``make_resnet(depth, **resnet_options)`` with an FPN on top, without any config.
 
     Args:
@@ -228,7 +222,5 @@ def make_resnet_fpn(
     if bottom_up.memory_format == "channels_last":  # the FPN's convs follow the ResNet's layout
         fpn.to(memory_format=torch.channels_last)
     if weights is not None:
-        from .checkpoint import load_weights  # checkpoint imports the ResNet module
-
         load_weights(fpn, weights)
     return fpn

@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from .errors import BackboneOptionError
+from ..errors import BackboneOptionError
 
 INPUT_NAME = "images"
 

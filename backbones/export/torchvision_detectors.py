@@ -13,7 +13,7 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
 
-from .fpn import FPN, make_resnet_fpn
+from ..modeling.fpn import FPN, make_resnet_fpn
 
 # torchvision's detection transform normalises RGB images in [0, 1] with these (ImageNet; the
 # statistics of torchvision's and timm's weights).

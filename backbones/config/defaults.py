@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
-MEMORY_FORMATS = ("channels_last", "contiguous")
 OPTIMIZERS = ("SGD", "AdamW")
 
 

@@ -12,10 +12,11 @@ from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY
 
-from .errors import BackboneOptionError
+from ..errors import BackboneOptionError
+from ..specs import DEPTHS
+from .blocks import BLOCK_TYPES
 from .fpn import FPN, make_resnet_fpn
 from .resnet import ResNet, make_resnet
-from .specs import DEPTHS
 
 # Constructor argument -> the config key it comes from, to name the key in errors.
 CFG_KEYS = {
@@ -42,7 +43,8 @@ CFG_KEYS = {
 
 
 def resnet_options(cfg: CfgNode, input_shape: ShapeSpec) -> dict[str, Any]:
-    """The :func:`make_resnet` arguments that ``cfg`` asks for, checked against Detectron2's rules."""
+    """The :func:`make_resnet` arguments that ``cfg`` asks for, checked against Detectron2's
+    rules."""
     if "BACKBONES" not in cfg:
         raise KeyError(
             "cfg has no BACKBONES node: call backbones.add_backbones_config(cfg) before "
@@ -56,10 +58,12 @@ def resnet_options(cfg: CfgNode, input_shape: ShapeSpec) -> dict[str, Any]:
             "[False, False, False, False]",
             "deformable convs need detectron2._C",
         )
-    if r.DEPTH in DEPTHS and DEPTHS[r.DEPTH].block == "basic" and r.RES2_OUT_CHANNELS != 64:
+    block_class = BLOCK_TYPES[DEPTHS[r.DEPTH].block] if r.DEPTH in DEPTHS else None
+    required = block_class.config_res2_out_channels if block_class else None
+    if required is not None and r.RES2_OUT_CHANNELS != required:
         # Detectron2's rule for R18/R34 configs: the default 256 is the bottleneck width.
         raise BackboneOptionError(
-            CFG_KEYS["res2_out_channels"], r.RES2_OUT_CHANNELS, "64", f"depth {r.DEPTH}"
+            CFG_KEYS["res2_out_channels"], r.RES2_OUT_CHANNELS, str(required), f"depth {r.DEPTH}"
         )
     if r.NORM == "FrozenBN" and not cfg.MODEL.WEIGHTS:
         warnings.warn(

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from torch import nn
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
 from detectron2.structures import Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
+from torch import nn
 
 from .registry import backbones_build_resnet_fpn_backbone
 

@@ -20,12 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from PIL import Image
-
-from .config import add_backbones_config
 
 __all__ = [
     "COCO_SPLITS",
@@ -35,9 +33,9 @@ __all__ = [
     "check_coco_layout",
     "coco_root",
     "datasets_root",
-    "dataset_opts",
     "link_coco",
     "register_coco_dataset",
+    "check_dataset_entry",
     "register_datasets_from_cfg",
 ]
 
@@ -408,7 +406,12 @@ def register_coco_dataset(
     return name
 
 
-def _check_entry(key: str, entry: Any) -> tuple[str, str, str]:
+def check_dataset_entry(key: str, entry: Any) -> tuple[str, str, str]:
+    """``entry`` as ``(name, json_file, image_root)``.
+
+    Raises:
+        ValueError: naming ``key``, if ``entry`` is not three strings.
+    """
     if (
         not isinstance(entry, (list, tuple))
         or len(entry) != 3
@@ -430,39 +433,9 @@ def register_datasets_from_cfg(cfg: CfgNode) -> list[str]:
     names = []
     for index, entry in enumerate(cfg.BACKBONES.COCO_DATASETS):
         key = f"BACKBONES.COCO_DATASETS[{index}]"
-        name, json_file, image_root = _check_entry(key, entry)
+        name, json_file, image_root = check_dataset_entry(key, entry)
         try:
             names.append(register_coco_dataset(name, json_file, image_root))
         except (FileNotFoundError, ValueError) as e:
             raise type(e)(f"{key}: {e}") from None
     return names
-
-
-def dataset_opts(
-    config_file: str, opts: Sequence[str] | None, datasets: Iterable[Sequence[str]] | None
-) -> list[str]:
-    """``opts`` extended so that ``BACKBONES.COCO_DATASETS`` also holds ``datasets``.
-
-    The value already set by ``config_file`` and ``opts`` is kept, and the new triples are
-    appended to it (a command-line list would otherwise replace the YAML's).
-
-    Args:
-        config_file: YAML config ("" for none).
-        opts: ``KEY VALUE`` overrides.
-        datasets: ``(name, json_file, image_root)`` triples, e.g. from ``--dataset``.
-
-    Returns:
-        a new opts list (``opts`` itself, copied, when ``datasets`` is empty).
-    """
-    opts = list(opts or [])
-    datasets = [list(d) for d in datasets or []]
-    if not datasets:
-        return opts
-    for entry in datasets:
-        _check_entry("--dataset", entry)
-    cfg = add_backbones_config(get_cfg())
-    if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    current = [list(entry) for entry in cfg.BACKBONES.COCO_DATASETS]
-    return opts + ["BACKBONES.COCO_DATASETS", repr(current + datasets)]

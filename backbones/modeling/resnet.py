@@ -1,4 +1,5 @@
-"""The ResNet / ResNeXt backbone (He et al., 2015; Xie et al., 2017) as a Detectron2 ``Backbone``."""
+"""The ResNet / ResNeXt backbone (He et al., 2015; Xie et al., 2017) as a Detectron2 ``Backbone``.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +7,19 @@ import os
 from typing import Any, Sequence
 
 import torch
-from detectron2.layers import CNNBlockBase, ShapeSpec
+from detectron2.layers import CNNBlockBase
 from detectron2.modeling.backbone import Backbone
 from torch import nn
 
-from .blocks import NORMS, STEM_TYPES, BasicBlock, BasicStem, BottleneckBlock, DeepStem, Norm
-from .config import MEMORY_FORMATS
-from .errors import BackboneOptionError, check_choice
-from .specs import DEPTHS
-from .weights import Weights, architecture_options, read_weights
+from ..errors import BackboneOptionError, check_choice
+from ..specs import DEPTHS
+from ..weights import Weights, architecture_options, load_weights, read_weights
+from .blocks import BLOCK_TYPES, STEM_TYPES, ResidualBlock
+from .layers import NORMS, Norm
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
+# BACKBONES.MEMORY_FORMAT: NHWC (faster convolutions on CPU and tensor cores) or NCHW.
+MEMORY_FORMATS = ("channels_last", "contiguous")
 FEATURE_NAMES = ("stem",) + STAGE_NAMES
 
 # make_resnet's architecture options that a weights file decides when the caller passes None,
@@ -36,7 +39,7 @@ ARCHITECTURE_DEFAULTS: dict[str, Any] = dict(
 
 
 class ResNet(Backbone):
-    """A stem and residual stages ``res2``.. ``res5``, returning the features named in ``out_features``.
+    """A stem and residual stages ``res2``..``res5``, returning the features in ``out_features``.
 
     Args:
         stem: the stem block (its ``stride`` and ``out_channels`` are read).
@@ -104,13 +107,6 @@ class ResNet(Backbone):
                 outputs[name] = x
         return outputs
 
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
-            )
-            for name in self._out_features
-        }
 
     __jit_unused_properties__ = ["stages"]  # TorchScript: a Python-side helper only
 
@@ -131,7 +127,8 @@ class ResNet(Backbone):
 
 
 def make_stages(
-    depth: int,
+    block_class: type[ResidualBlock],
+    blocks_per_stage: Sequence[int],
     *,
     stem_out_channels: int,
     res2_out_channels: int,
@@ -141,36 +138,31 @@ def make_stages(
     res5_dilation: int,
     norm: Norm,
     avg_down: bool = False,
-) -> list[list[CNNBlockBase]]:
-    """The blocks of res2..res5 for ``depth`` (widths double at every stage)."""
-    spec = DEPTHS[depth]
+) -> list[list[ResidualBlock]]:
+    """The blocks of res2..res5 (widths double at every stage), each from
+    ``block_class.from_stage`` (Detectron2's ``ResNet.make_stage`` takes a block class too)."""
     in_channels, out_channels = stem_out_channels, res2_out_channels
     bottleneck_channels = num_groups * width_per_group
     stages = []
-    for index, num_blocks in enumerate(spec.blocks_per_stage):
+    for index, num_blocks in enumerate(blocks_per_stage):
         # res5 dilation replaces res5's stride (R-FCN / Deformable ConvNets convention).
         dilation = res5_dilation if index == 3 else 1
         first_stride = 1 if index == 0 or dilation > 1 else 2
-        blocks: list[CNNBlockBase] = []
+        blocks: list[ResidualBlock] = []
         for block_index in range(num_blocks):
-            stride = first_stride if block_index == 0 else 1
-            if spec.block == "basic":
-                block = BasicBlock(
-                    in_channels, out_channels, stride=stride, norm=norm, avg_down=avg_down
-                )
-            else:
-                block = BottleneckBlock(
+            blocks.append(
+                block_class.from_stage(
                     in_channels,
                     out_channels,
-                    bottleneck_channels=bottleneck_channels,
-                    stride=stride,
-                    num_groups=num_groups,
-                    norm=norm,
-                    stride_in_1x1=stride_in_1x1,
+                    stride=first_stride if block_index == 0 else 1,
                     dilation=dilation,
+                    bottleneck_channels=bottleneck_channels,
+                    num_groups=num_groups,
+                    stride_in_1x1=stride_in_1x1,
+                    norm=norm,
                     avg_down=avg_down,
                 )
-            blocks.append(block)
+            )
             in_channels = out_channels
         stages.append(blocks)
         out_channels *= 2
@@ -198,6 +190,7 @@ def make_resnet(
     avg_down: bool | None = None,
     weights: str | os.PathLike | Weights | None = None,
 ) -> ResNet:
+
     """Build a ResNet / ResNeXt of the given depth without any config, optionally with weights.
 
     The architecture options left at None take the values that ``weights`` shows (depth,
@@ -263,13 +256,15 @@ def make_resnet(
     check_choice("res5_dilation", res5_dilation, (1, 2))
     check_choice("stem_type", stem_type, STEM_TYPES)
     check_choice("avg_down", avg_down, (False, True))
-    basic = DEPTHS[depth].block == "basic"
-    if basic:
-        why = f"depth {depth} uses basic blocks"
+    kind = DEPTHS[depth].block
+    block_class = BLOCK_TYPES[kind]
+    why = f"depth {depth} uses {kind} blocks"
+    if not block_class.grouped:
         check_choice("num_groups", num_groups, (1,), f"{why}, which have no grouped conv")
+    if not block_class.dilatable:
         check_choice("res5_dilation", res5_dilation, (1,), f"{why}, which have no dilation")
     if res2_out_channels is None:
-        res2_out_channels = 64 if basic else 256
+        res2_out_channels = block_class.default_res2_out_channels
     for option, value in (
         ("num_groups", num_groups),
         ("width_per_group", width_per_group),
@@ -279,12 +274,12 @@ def make_resnet(
     ):
         if not isinstance(value, int) or value < 1:
             raise BackboneOptionError(option, value, "a positive integer")
-    if stem_type == "deep":
-        stem = DeepStem(in_channels, stem_out_channels, width=stem_width, norm=norm)
-    else:
-        stem = BasicStem(in_channels, stem_out_channels, norm=norm)
+    stem = STEM_TYPES[stem_type].from_options(
+        in_channels, stem_out_channels, width=stem_width, norm=norm
+    )
     stages = make_stages(
-        depth,
+        block_class,
+        DEPTHS[depth].blocks_per_stage,
         stem_out_channels=stem_out_channels,
         res2_out_channels=res2_out_channels,
         num_groups=num_groups,
@@ -302,7 +297,5 @@ def make_resnet(
         stem, stages, out_features=out_features, freeze_at=freeze_at, memory_format=memory_format
     )
     if weights is not None:
-        from .checkpoint import load_weights  # checkpoint imports this module
-
         load_weights(model, weights)
     return model

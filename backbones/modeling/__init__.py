@@ -1,0 +1,41 @@
+"""The model code: conv-norm layers, residual blocks and stems, the ResNet, the FPN, and the
+builders registered in Detectron2's ``BACKBONE_REGISTRY`` (the only model code that reads a cfg).
+
+Extension points: a block type is a :class:`ResidualBlock` subclass plus one entry in
+:data:`BLOCK_TYPES` (a row of ``specs.DEPTHS`` names it); a stem is one entry in ``STEM_TYPES``.
+"""
+
+from .blocks import (
+    BLOCK_TYPES,
+    STEM_TYPES,
+    BasicBlock,
+    BasicStem,
+    BottleneckBlock,
+    DeepStem,
+    ResidualBlock,
+)
+from .build import backbones_build_resnet_backbone, backbones_build_resnet_fpn_backbone
+from .fpn import FPN, TOP_BLOCKS, LastLevelMaxPool, make_resnet_fpn
+from .layers import NORMS, ConvNorm
+from .resnet import MEMORY_FORMATS, ResNet, make_resnet
+
+__all__ = [
+    "BLOCK_TYPES",
+    "MEMORY_FORMATS",
+    "NORMS",
+    "STEM_TYPES",
+    "TOP_BLOCKS",
+    "BasicBlock",
+    "BasicStem",
+    "BottleneckBlock",
+    "ConvNorm",
+    "DeepStem",
+    "FPN",
+    "LastLevelMaxPool",
+    "ResNet",
+    "ResidualBlock",
+    "backbones_build_resnet_backbone",
+    "backbones_build_resnet_fpn_backbone",
+    "make_resnet",
+    "make_resnet_fpn",
+]

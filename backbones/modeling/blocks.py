@@ -1,0 +1,276 @@
+"""Residual blocks and stems of "Deep Residual Learning for Image Recognition" (He et al., 2015).
+
+Module and parameter names match Detectron2's ``detectron2.modeling.backbone.resnet`` (``conv1``,
+``conv1.norm``, ``shortcut``, ...), so its checkpoints and the MSRA/Caffe2 conversions load
+unchanged.
+
+A block type is one :class:`ResidualBlock` subclass plus one entry in :data:`BLOCK_TYPES`; a row of
+``specs.DEPTHS`` names the entry. A stem is one entry in :data:`STEM_TYPES`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import CNNBlockBase
+from torch import nn
+
+from .layers import Norm, conv_norm, projection_shortcut
+
+
+class ResidualBlock(CNNBlockBase):
+    """What a residual block offers the :class:`~backbones.modeling.resnet.ResNet` that stacks it.
+
+    From Detectron2's ``CNNBlockBase``: ``in_channels``, ``out_channels``, ``stride``, and
+    ``freeze()`` (no gradients; BatchNorm becomes FrozenBatchNorm2d), which ``freeze_at`` uses.
+
+    A subclass declares what it supports, as class attributes read by ``make_resnet`` and the
+    config glue (a setting a block type does not support is an error naming the option):
+
+    * ``default_res2_out_channels``: res2's output channels when none is given (Detectron2: 64
+      for basic blocks, 256 for bottlenecks);
+    * ``config_res2_out_channels``: the only ``MODEL.RESNETS.RES2_OUT_CHANNELS`` a config may
+      give, or None for any (Detectron2 asserts 64 for R18/R34: the default 256 is a
+      bottleneck's);
+    * ``grouped``: has a grouped 3x3 (``num_groups``, ResNeXt);
+    * ``dilatable``: its 3x3 can dilate (``res5_dilation``);
+    * ``strided_1x1``: has a 1x1 conv before the 3x3 that can take the stride
+      (``stride_in_1x1``; MSRA weights stride there);
+
+    and implements :meth:`from_stage` (one block from the options of its stage) and
+    :attr:`last_norm` (the norm of the last conv before the sum, whose scale
+    ``zero_init_residual`` zeroes).
+    """
+
+    default_res2_out_channels = 64
+    config_res2_out_channels: int | None = None
+    grouped = False
+    dilatable = False
+    strided_1x1 = False
+
+    # TorchScript: build-time helpers only.
+    __jit_unused_properties__ = ["last_norm"]
+    __jit_ignored_attributes__ = [
+        "default_res2_out_channels",
+        "config_res2_out_channels",
+        "grouped",
+        "dilatable",
+        "strided_1x1",
+    ]
+
+    @classmethod
+    def from_stage(
+        cls,
+        in_channels: int,
+        out_channels: int,
+        *,
+        stride: int,
+        dilation: int,
+        bottleneck_channels: int,
+        num_groups: int,
+        stride_in_1x1: bool,
+        norm: Norm,
+        avg_down: bool,
+    ) -> ResidualBlock:
+        """One block of a stage. ``make_stages`` passes every option; a block type takes those it
+        supports (the others are checked to be neutral before building).
+
+        Args:
+            in_channels, out_channels: of this block.
+            stride: 2 for the first block of res3..res5 (1 where dilated), else 1.
+            dilation: of the 3x3 (res5_dilation in res5).
+            bottleneck_channels: width of the 3x3 (``num_groups * width_per_group``, doubled at
+                each stage).
+            num_groups: groups of the 3x3.
+            stride_in_1x1: stride in the first 1x1 (MSRA) rather than the 3x3.
+            norm: a norm name or ``channels -> nn.Module``.
+            avg_down: ResNet-D's average-pool projection shortcut.
+        """
+        raise NotImplementedError(f"{cls.__name__} does not implement from_stage")
+
+    @property
+    def last_norm(self) -> nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} does not declare last_norm")
+
+
+class BasicBlock(ResidualBlock):
+    """Two 3x3 convs and a shortcut (projection when the shape changes): ResNet-18/34."""
+
+    config_res2_out_channels = 64
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        stride: int = 1,
+        norm: Norm = "BN",
+        avg_down: bool = False,
+    ):
+        super().__init__(in_channels, out_channels, stride)
+        self.shortcut = projection_shortcut(
+            in_channels, out_channels, stride, norm, avg_down=avg_down
+        )
+        self.conv1 = conv_norm(in_channels, out_channels, 3, stride=stride, norm=norm)
+        self.conv2 = conv_norm(out_channels, out_channels, 3, norm=norm)
+
+    @classmethod
+    def from_stage(
+        cls,
+        in_channels: int,
+        out_channels: int,
+        *,
+        stride: int,
+        dilation: int,
+        bottleneck_channels: int,
+        num_groups: int,
+        stride_in_1x1: bool,
+        norm: Norm,
+        avg_down: bool,
+    ) -> BasicBlock:
+        # No 1x1 and no bottleneck: make_resnet checked num_groups and dilation to be 1.
+        return cls(in_channels, out_channels, stride=stride, norm=norm, avg_down=avg_down)
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.conv2.norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(F.relu_(self.conv1(x)))
+        out += x if self.shortcut is None else self.shortcut(x)
+        return F.relu_(out)
+
+
+class BottleneckBlock(ResidualBlock):
+    """1x1 reduce, 3x3 (grouped for ResNeXt, dilated in res5 on request), 1x1 expand."""
+
+    default_res2_out_channels = 256
+    grouped = True
+    dilatable = True
+    strided_1x1 = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        bottleneck_channels: int,
+        stride: int = 1,
+        num_groups: int = 1,
+        norm: Norm = "BN",
+        stride_in_1x1: bool = False,
+        dilation: int = 1,
+        avg_down: bool = False,
+    ):
+        super().__init__(in_channels, out_channels, stride)
+        self.shortcut = projection_shortcut(
+            in_channels, out_channels, stride, norm, avg_down=avg_down, dilation=dilation
+        )
+        # MSRA's original models stride in the first 1x1 conv; torchvision ("ResNet v1.5") and
+        # FAIR's later models stride in the 3x3.
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = conv_norm(in_channels, bottleneck_channels, 1, stride=stride_1x1, norm=norm)
+        self.conv2 = conv_norm(
+            bottleneck_channels,
+            bottleneck_channels,
+            3,
+            stride=stride_3x3,
+            dilation=dilation,
+            groups=num_groups,
+            norm=norm,
+        )
+        self.conv3 = conv_norm(bottleneck_channels, out_channels, 1, norm=norm)
+
+    @classmethod
+    def from_stage(
+        cls,
+        in_channels: int,
+        out_channels: int,
+        *,
+        stride: int,
+        dilation: int,
+        bottleneck_channels: int,
+        num_groups: int,
+        stride_in_1x1: bool,
+        norm: Norm,
+        avg_down: bool,
+    ) -> BottleneckBlock:
+        return cls(
+            in_channels,
+            out_channels,
+            bottleneck_channels=bottleneck_channels,
+            stride=stride,
+            num_groups=num_groups,
+            norm=norm,
+            stride_in_1x1=stride_in_1x1,
+            dilation=dilation,
+            avg_down=avg_down,
+        )
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.conv3.norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu_(self.conv1(x))
+        out = F.relu_(self.conv2(out))
+        out = self.conv3(out)
+        out += x if self.shortcut is None else self.shortcut(x)
+        return F.relu_(out)
+
+
+# Block types by the name a row of specs.DEPTHS gives.
+BLOCK_TYPES: dict[str, type[ResidualBlock]] = {
+    "basic": BasicBlock,
+    "bottleneck": BottleneckBlock,
+}
+
+
+class BasicStem(CNNBlockBase):
+    """7x7 stride-2 conv, ReLU, 3x3 stride-2 max-pool: stride 4."""
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 64, norm: Norm = "BN"):
+        super().__init__(in_channels, out_channels, 4)
+        self.in_channels = in_channels
+        self.conv1 = conv_norm(in_channels, out_channels, 7, stride=2, norm=norm)
+
+    @classmethod
+    def from_options(cls, in_channels: int, out_channels: int, *, width: int, norm: Norm):
+        """The stem for ``make_resnet`` (``width`` is the deep stem's: unused here)."""
+        return cls(in_channels, out_channels, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu_(self.conv1(x))
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+
+class DeepStem(CNNBlockBase):
+    """Three 3x3 convs (the first with stride 2, widths ``width``, ``width``, ``out_channels``),
+    each with norm and ReLU, then a 3x3 stride-2 max-pool: stride 4. The ResNet-C/D stem of "Bag
+    of Tricks for Image Classification" (He et al., 2019), as timm's ``stem_type="deep"``.
+    """
+
+    def __init__(
+        self, in_channels: int = 3, out_channels: int = 64, *, width: int = 32, norm: Norm = "BN"
+    ):
+        super().__init__(in_channels, out_channels, 4)
+        self.conv1 = conv_norm(in_channels, width, 3, stride=2, norm=norm)
+        self.conv2 = conv_norm(width, width, 3, norm=norm)
+        self.conv3 = conv_norm(width, out_channels, 3, norm=norm)
+
+    @classmethod
+    def from_options(cls, in_channels: int, out_channels: int, *, width: int, norm: Norm):
+        """The stem for ``make_resnet``."""
+        return cls(in_channels, out_channels, width=width, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu_(self.conv1(x))
+        x = F.relu_(self.conv2(x))
+        x = F.relu_(self.conv3(x))
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+
+# Stems by name (BACKBONES.STEM_TYPE): "basic": one 7x7 conv (He et al., 2015); "deep": three
+# 3x3 convs (ResNet-C/D of "Bag of Tricks for Image Classification", He et al., 2019; timm's
+# stem_type="deep").
+STEM_TYPES: dict[str, type[CNNBlockBase]] = {"basic": BasicStem, "deep": DeepStem}

@@ -1,0 +1,55 @@
+"""ResNet weights of every source: reading files safely, telling their source, renaming to
+Detectron2's names, the architecture they hold, writing Detectron2 checkpoints, and loading them
+into a module.
+
+Layout: ``formats`` (files), ``sources`` (the table of sources: one :class:`Source` record each,
+:func:`register_source` adds one), ``naming`` (the built-in naming schemes: recognising and
+renaming), ``architecture`` (make_resnet arguments from tensors), ``read`` (:class:`Weights`,
+:func:`read_weights`), ``convert`` (writing), ``load`` (:func:`load_weights`).
+"""
+
+from .architecture import infer_architecture, resnet_prefix
+from .convert import config_lines, write_detectron2_checkpoint
+from .formats import UnsafeWeightsError, WeightsFormatError, atomic_write, read_file
+from .load import LoadReport, WeightsShapeError, load_weights
+from .read import Weights, architecture_options, read_weights, weights_from_object
+from .sources import (
+    KNOWN_URLS,
+    SOURCES,
+    InputSettings,
+    Renamed,
+    Source,
+    claiming_sources,
+    convert_state_dict,
+    detect_source,
+    register_source,
+    source_of_url,
+)
+
+__all__ = [
+    "KNOWN_URLS",
+    "SOURCES",
+    "InputSettings",
+    "LoadReport",
+    "Renamed",
+    "Source",
+    "UnsafeWeightsError",
+    "Weights",
+    "WeightsFormatError",
+    "WeightsShapeError",
+    "architecture_options",
+    "atomic_write",
+    "claiming_sources",
+    "config_lines",
+    "convert_state_dict",
+    "detect_source",
+    "infer_architecture",
+    "load_weights",
+    "read_file",
+    "read_weights",
+    "register_source",
+    "resnet_prefix",
+    "source_of_url",
+    "weights_from_object",
+    "write_detectron2_checkpoint",
+]

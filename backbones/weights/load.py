@@ -1,0 +1,181 @@
+"""Loading weights of any source into a module (a ResNet, an FPN, a whole detector), with a
+short report."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .architecture import resnet_prefix
+from .formats import WeightsFormatError
+from .read import Weights, read_weights
+from .sources import SOURCES
+
+logger = logging.getLogger(__name__)
+
+# Every ResNet of the family has this tensor; its prefix tells where the ResNet sits.
+_STEM_KEY = "stem.conv1.weight"
+
+
+class WeightsShapeError(WeightsFormatError):
+    """A tensor whose shape differs between the weights file and the model."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading into a model
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_weights` did.
+
+    Attributes:
+        path, source: the file and its source (a key of ``weights.SOURCES``).
+        loaded: model names that received a tensor.
+        missing: model names the file lacks, by group (``backbone.fpn_lateral*``, ``roi_heads``).
+        expected_missing: True where those are expected (an ImageNet file has no detector heads).
+        unused: file names the model does not have (``fc.weight``, ...).
+        skipped: names whose shape differs, skipped because the caller allowed it.
+    """
+
+    path: str
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    missing: dict[str, list[str]] = field(default_factory=dict)
+    expected_missing: dict[str, bool] = field(default_factory=dict)
+    unused: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """A few lines for the log."""
+        description = SOURCES[self.source].description
+        out = [f"Loaded {len(self.loaded)} tensors from {self.path} ({description})"]
+        for group, names in self.missing.items():
+            note = (
+                "not in an ImageNet checkpoint, expected"
+                if self.expected_missing.get(group)
+                else "NOT IN THE FILE: they keep their initialisation"
+            )
+            out.append(f"  {group}: {len(names)} tensors {note}")
+        if self.unused:
+            out.append(f"  in the file, not in the model: {_summarise(self.unused)}")
+        if self.skipped:
+            out.append(f"  skipped (shape differs, allowed): {', '.join(self.skipped)}")
+        return out
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+def _group(name: str) -> str:
+    parts = name.split(".")
+    head = ".".join(parts[:2]) if parts[0] == "backbone" and len(parts) > 2 else parts[0]
+    return re.sub(r"\d+$", "*", head) + ".*"
+
+
+def _summarise(names: Sequence[str], limit: int = 4) -> str:
+    groups = sorted({_group(n) for n in names})
+    shown = ", ".join(groups[:limit])
+    return shown + (f" (+{len(groups) - limit} more)" if len(groups) > limit else "")
+
+
+def _resnet_module_prefix(model_keys: Iterable[str]) -> str | None:
+    """Where the model holds a ResNet (ours or Detectron2's: same names), from its state-dict
+    keys: "" for a bare ResNet, ``backbone.bottom_up.`` in an R-CNN; None without one."""
+    for key in model_keys:
+        if key == _STEM_KEY or key.endswith("." + _STEM_KEY):
+            return key[: -len(_STEM_KEY)]
+    return None
+
+
+def _align(weights: Weights, model_keys: set[str]) -> dict[str, torch.Tensor]:
+    """The file's tensors under the model's names."""
+    if weights.is_backbone_only:
+        prefix = _resnet_module_prefix(model_keys)
+        if prefix is None:
+            raise WeightsFormatError(
+                f"{weights.path}: ImageNet ResNet weights, but the model has no ResNet module"
+            )
+        return {prefix + k: v for k, v in weights.state.items()}
+    # A detector checkpoint into a detector, a bare FPN (no "backbone.") or a bare ResNet.
+    best: dict[str, torch.Tensor] = {}
+    for strip in ("", "backbone.", resnet_prefix(weights.state)):
+        state = {k[len(strip) :]: v for k, v in weights.state.items() if k.startswith(strip)}
+        if len(model_keys & set(state)) > len(model_keys & set(best)):
+            best = state
+    return best or dict(weights.state)
+
+
+def load_weights(
+    model: nn.Module,
+    weights: Weights | str | os.PathLike,
+    *,
+    trusted: bool = False,
+    skip_mismatched: Sequence[str] = (),
+    log: Callable[[str], None] | None = None,
+) -> LoadReport:
+    """Load a weights file of any supported source into ``model`` and report what happened.
+
+    ImageNet files (torchvision, timm, Caffe2, Detectron2 backbone conversions) go into the
+    model's ResNet wherever it sits (``backbone.bottom_up.`` in an R-CNN); detector checkpoints
+    load by name.
+
+    Args:
+        model: a Detectron2 model, an FPN or a ResNet of this package (or Detectron2's).
+        weights: a path, or :class:`weights.Weights` already read.
+        trusted: allow arbitrary pickled objects (runs code from the file).
+        skip_mismatched: name prefixes whose shape mismatches are skipped (e.g.
+            ``roi_heads.box_predictor`` when fine-tuning on other classes); elsewhere a shape
+            mismatch raises.
+        log: where the report lines go (default: this module's logger at INFO).
+
+    Returns:
+        a :class:`LoadReport`.
+
+    Raises:
+        WeightsShapeError: a tensor's shape differs (names the tensor and both shapes).
+    """
+    if not isinstance(weights, Weights):
+        weights = read_weights(weights, trusted=trusted)
+    target = model.state_dict()
+    state = _align(weights, set(target))
+    report = LoadReport(weights.path, weights.source, unused=list(weights.unused))
+    loadable = {}
+    for name, value in state.items():
+        if name not in target:
+            # FrozenBN has no num_batches_tracked counter: nothing is lost.
+            if not name.endswith("num_batches_tracked"):
+                report.unused.append(name)
+            continue
+        if tuple(value.shape) != tuple(target[name].shape):
+            if any(name.startswith(p) for p in skip_mismatched):
+                report.skipped.append(f"{name} {tuple(value.shape)} -> {tuple(target[name].shape)}")
+                continue
+            raise WeightsShapeError(
+                f"{weights.path}: {name} has shape {tuple(value.shape)} in the file but "
+                f"{tuple(target[name].shape)} in the model. Check the architecture options "
+                "(depth, groups, widths), or skip it on purpose (skip_mismatched / "
+                "BACKBONES.SKIP_MISMATCHED, e.g. roi_heads.box_predictor for other classes)."
+            )
+        loadable[name] = value
+    model.load_state_dict(loadable, strict=False)
+    report.loaded = sorted(loadable)
+    resnet = _resnet_module_prefix(target) or ""
+    missing: dict[str, list[str]] = defaultdict(list)
+    for name in target:
+        if name not in loadable and not name.endswith("num_batches_tracked"):
+            missing[_group(name)].append(name)
+    report.missing = dict(missing)
+    for group, names in report.missing.items():
+        outside = not any(n.startswith(resnet) for n in names) if resnet else False
+        report.expected_missing[group] = weights.is_backbone_only and outside
+    for line in report.lines():
+        (log or logger.info)(line)
+    return report
