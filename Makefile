@@ -1,12 +1,13 @@
 # `make demo`: train + evaluate Mask R-CNN on the embedded shapes data (CPU, ~10 min).
 # `make test`: the whole test suite (end-to-end runs included). Both set up .venv first.
+# `make lint`: black, isort and ruff checks (pyproject.toml); `make format` applies black and isort.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 READY := $(VENV)/.backbones-ready
 DEMO_CONFIG ?= configs/mrcnn_r18_shapes.yaml
 DEMO_DIR ?= output/demo
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast lint format clean
 
 setup: $(READY)
 
@@ -29,6 +30,22 @@ test: $(READY)
 
 test-fast: $(READY)
 	$(TEST_ENV) $(PYTHON) -m pytest -n $(TEST_WORKERS)
+
+# Formatting and lint (pyproject.toml): black, isort and ruff, installed into .venv on first use.
+LINT_PATHS := backbones tools tests datasets setup.py
+LINTERS := $(VENV)/.backbones-linters
+
+$(LINTERS): $(READY)
+	$(PYTHON) -m pip install -q "black>=24" "isort>=5.13" "ruff>=0.5" && touch $@
+
+lint: $(LINTERS)
+	$(VENV)/bin/black --check $(LINT_PATHS)
+	$(VENV)/bin/isort --check-only $(LINT_PATHS)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+
+format: $(LINTERS)
+	$(VENV)/bin/isort $(LINT_PATHS)
+	$(VENV)/bin/black $(LINT_PATHS)
 
 clean:
 	rm -rf $(VENV) output

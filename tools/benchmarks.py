@@ -1,4 +1,5 @@
-"""Speed of our ResNet-FPN against Detectron2's built-in one, same weights, same process."""
+"""Speed of our ResNet-FPN against Detectron2's built-in one, same weights, same process (used by
+tools/benchmark_backbone.py and tools/check_gpu.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from detectron2.structures import Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from .registry import backbones_build_resnet_fpn_backbone
+from backbones import backbones_build_resnet_fpn_backbone
 
 
 @dataclass
@@ -155,10 +156,11 @@ def benchmark_detector(
         one :class:`Timing` (mode "detector train step").
     """
     dev = torch.device(device)
+    cfg = cfg.clone()  # a composed config is frozen
+    cfg.defrost()
+    cfg.MODEL.DEVICE = device
     builtin_cfg = cfg.clone()
-    builtin_cfg.defrost()
     builtin_cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
-    builtin_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE = device
     reference = build_model(builtin_cfg).train()
     ours = build_model(cfg).train()
     # Random convs under FrozenBN (the COCO recipes' norm, statistics 0 and 1) grow activations
