@@ -1,4 +1,5 @@
 """The error raised for a backbone option that is not allowed, naming the option and its choices."""
+
 from __future__ import annotations
 
 from typing import Any, Iterable

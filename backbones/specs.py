@@ -1,4 +1,5 @@
 """The ResNet family as data: the one depth table and the named presets (He et al., 2015)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,7 @@
 Optional: ``register_shapes`` generates the data on first use. Run this to generate it ahead of
 time, e.g. ``python datasets/prepare_shapes.py`` writes ``datasets/shapes/{train,val}``.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """Shared test helpers: configs for both backbones and weight randomisation."""
+
 from __future__ import annotations
 
 import torch

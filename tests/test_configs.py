@@ -1,4 +1,5 @@
 """Every YAML under configs/ merges into a Detectron2 cfg and builds its model on CPU."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -16,9 +16,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 from pycocotools.coco import COCO
 
-from backbones.data import register_coco_dataset
+from backbones.data import generate_shapes, register_coco_dataset
 from backbones.inference import find_inputs
-from backbones.data import generate_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "mrcnn_r18_shapes.yaml"

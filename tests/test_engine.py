@@ -1,5 +1,6 @@
 """Tests for ``backbones.engine``: config composition, CPU DDP and launch, loss curves, evaluators
 by dataset type, the optimizer choice."""
+
 from __future__ import annotations
 
 import json

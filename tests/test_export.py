@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import randomize_
 
 from backbones import BackboneOptionError, make_resnet, make_resnet_fpn
 from backbones.export import check_export, example_images, export_onnx, script_backbone
+
+from helpers import randomize_
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,9 +8,10 @@ import pytest
 import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
-from helpers import make_cfg, randomize_
 
 from backbones import BackboneOptionError, backbones_build_resnet_fpn_backbone, make_resnet_fpn
+
+from helpers import make_cfg, randomize_
 
 # Settings named by the foundation issue; widths shrunk where the topology is what is tested.
 CASES = {

@@ -1,4 +1,5 @@
 """The config glue: registered names, Detectron2's key meanings, errors naming config keys."""
+
 from __future__ import annotations
 
 import warnings
@@ -9,7 +10,6 @@ from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, build_backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
-from helpers import make_cfg, randomize_
 
 from backbones import (
     BackboneOptionError,
@@ -19,11 +19,15 @@ from backbones import (
 )
 from backbones.modeling.layers import AvgDownConvNorm
 
+from helpers import make_cfg, randomize_
+
 RGB = ShapeSpec(channels=3)
 
 
 def test_builders_are_registered_with_the_package_prefix():
-    assert BACKBONE_REGISTRY.get("backbones_build_resnet_backbone") is backbones_build_resnet_backbone
+    assert (
+        BACKBONE_REGISTRY.get("backbones_build_resnet_backbone") is backbones_build_resnet_backbone
+    )
     assert "backbones_build_resnet_fpn_backbone" in BACKBONE_REGISTRY
     cfg = make_cfg(depth=18, res2_out_channels=64)
     cfg.MODEL.BACKBONE.NAME = "backbones_build_resnet_backbone"

@@ -1,4 +1,5 @@
 """The ResNet family: every depth builds, shapes, freezing, errors, parameter counts and FLOPs."""
+
 from __future__ import annotations
 
 import logging
@@ -9,11 +10,12 @@ import torch
 import torchvision
 from detectron2.layers import FrozenBatchNorm2d
 from fvcore.nn import FlopCountAnalysis
-from helpers import randomize_
 from torch import nn
 
 from backbones import DEPTHS, NORMS, PRESETS, BackboneOptionError, make_resnet
 from backbones.modeling.layers import AvgDownConvNorm, projection_shortcut
+
+from helpers import randomize_
 
 
 def tiny(depth: int, **options):
@@ -25,8 +27,9 @@ def tiny(depth: int, **options):
 @pytest.mark.parametrize("depth", sorted(DEPTHS))
 @pytest.mark.parametrize("memory_format", ["channels_last", "contiguous"])
 def test_every_depth_builds_and_output_shape_matches_tensors(depth, memory_format):
-    model = tiny(depth, out_features=("stem", "res2", "res3", "res4", "res5"),
-                 memory_format=memory_format).eval()
+    model = tiny(
+        depth, out_features=("stem", "res2", "res3", "res4", "res5"), memory_format=memory_format
+    ).eval()
     blocks = [len(getattr(model, name)) for name in ("res2", "res3", "res4", "res5")]
     assert tuple(blocks) == DEPTHS[depth].blocks_per_stage
     with torch.no_grad():
@@ -102,8 +105,14 @@ def test_bad_options_name_the_option_and_the_allowed_values(options, message):
 
 def test_every_named_norm_builds():
     for norm in NORMS:
-        model = make_resnet(50, norm=norm, stem_out_channels=32, res2_out_channels=64,
-                            width_per_group=32, memory_format="contiguous")
+        model = make_resnet(
+            50,
+            norm=norm,
+            stem_out_channels=32,
+            res2_out_channels=64,
+            width_per_group=32,
+            memory_format="contiguous",
+        )
         assert model.output_shape()["res5"].channels == 512
 
 
@@ -153,8 +162,9 @@ def test_flops_equal_the_paper(depth):
 def tiny_d(depth: int, **options):
     """ResNet-D (deep stem, avg-down) with the full topology of ``depth`` and shrunk widths."""
     widths = dict(stem_width=4, stem_out_channels=8, res2_out_channels=8 if depth < 26 else 16)
-    return make_resnet(**{**PRESETS[f"R-{depth}-D"], "norm": "BN", "width_per_group": 4,
-                          **widths, **options})
+    return make_resnet(
+        **{**PRESETS[f"R-{depth}-D"], "norm": "BN", "width_per_group": 4, **widths, **options}
+    )
 
 
 @pytest.mark.parametrize("depth", [18, 26, 34, 50, 101])
@@ -170,8 +180,9 @@ def test_parameter_count_equals_timm_resnet_d(depth):
 
 @pytest.mark.parametrize("memory_format", ["channels_last", "contiguous"])
 def test_deep_stem_output_shape_matches_tensors(memory_format):
-    model = tiny_d(50, out_features=("stem", "res2", "res3", "res4", "res5"),
-                   memory_format=memory_format).eval()
+    model = tiny_d(
+        50, out_features=("stem", "res2", "res3", "res4", "res5"), memory_format=memory_format
+    ).eval()
     stem_keys = sorted(k for k in model.state_dict() if k.startswith("stem.") and "norm" not in k)
     assert stem_keys == ["stem.conv1.weight", "stem.conv2.weight", "stem.conv3.weight"]
     with torch.no_grad():
@@ -204,8 +215,14 @@ def test_freeze_at_freezes_the_deep_stem():
 
 def timm_to_ours(name: str) -> str:
     """timm ResNet-D state-dict key -> ours (enough of a converter for the tests below)."""
-    stem = {"conv1.0": "stem.conv1", "conv1.1": "stem.conv1.norm", "conv1.3": "stem.conv2",
-            "conv1.4": "stem.conv2.norm", "conv1.6": "stem.conv3", "bn1": "stem.conv3.norm"}
+    stem = {
+        "conv1.0": "stem.conv1",
+        "conv1.1": "stem.conv1.norm",
+        "conv1.3": "stem.conv2",
+        "conv1.4": "stem.conv2.norm",
+        "conv1.6": "stem.conv3",
+        "bn1": "stem.conv3.norm",
+    }
     prefix, _, leaf = name.rpartition(".")
     if prefix in stem:
         return f"{stem[prefix]}.{leaf}"
@@ -246,8 +263,10 @@ def test_avg_down_shortcut_equals_timm_downsample_avg(stride, dilation):
     ours = projection_shortcut(8, 16, stride, "BN", avg_down=True, dilation=dilation)
     randomize_(reference).eval()
     ours.eval().load_state_dict(
-        {k.replace("1.", "", 1).replace("2.", "norm.", 1): v
-         for k, v in reference.state_dict().items()},
+        {
+            k.replace("1.", "", 1).replace("2.", "norm.", 1): v
+            for k, v in reference.state_dict().items()
+        },
         strict=True,
     )
     x = torch.randn(1, 8, 11, 14)

@@ -1,4 +1,5 @@
 """Tests for the synthetic "shapes" dataset: content, COCO validity, Detectron2 registration."""
+
 from __future__ import annotations
 
 import contextlib

@@ -41,7 +41,7 @@ def test_the_parent_composes_the_config_once_and_passes_it(train_net, monkeypatc
     monkeypatch.setattr(sys, "argv", argv)
     train_net.invoke_main()
     assert len(calls) == 1
-    (main, num_gpus, kwargs) = launched[0]
+    main, num_gpus, kwargs = launched[0]
     args, cfg = kwargs["args"]
     assert main is train_net.main and num_gpus == 2
     assert cfg.SEED == 3 and cfg.is_frozen() and kwargs["device"] == cfg.MODEL.DEVICE == "cpu"

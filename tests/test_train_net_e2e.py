@@ -23,8 +23,8 @@ import pytest
 import yaml
 from pycocotools.coco import COCO
 
-from backbones.engine import load_metrics
 from backbones.data import generate_shapes
+from backbones.engine import load_metrics
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,6 @@ import torchvision
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
-from helpers import make_cfg, randomize_
 from torch import nn
 
 from backbones import make_resnet
@@ -41,6 +40,8 @@ from backbones.weights import (
     write_detectron2_checkpoint,
 )
 from backbones.weights.sources import MSRA_INPUT, TORCHVISION_INPUT, unwrap
+
+from helpers import make_cfg, randomize_
 
 # torchvision's ResNet family: constructor -> what our architecture reads from its tensors.
 TORCHVISION = {

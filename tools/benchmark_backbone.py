@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Benchmark our ResNet-FPN against Detectron2's built-in one (same weights, same process)."""
+
 import argparse
 import warnings
 
 import torch
-from benchmarks import benchmark_detector, benchmark_fpn
 
 from backbones import load_cfg
 
-FPN_FEATURES = "['res2', 'res3', 'res4', 'res5']"
+from benchmarks import benchmark_detector, benchmark_fpn
 
+FPN_FEATURES = "['res2', 'res3', 'res4', 'res5']"
+FPN_OPTS = ["MODEL.RESNETS.OUT_FEATURES", FPN_FEATURES, "MODEL.FPN.IN_FEATURES", FPN_FEATURES]
 
 
 def main() -> None:
@@ -30,24 +32,40 @@ def main() -> None:
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message=".*no MODEL.WEIGHTS.*")
-    features = [] if args.config_file else [  # Detectron2's defaults are C4's: take the FPN's
-        "MODEL.RESNETS.OUT_FEATURES", FPN_FEATURES, "MODEL.FPN.IN_FEATURES", FPN_FEATURES
-    ]
+    # Without a YAML, Detectron2's defaults are C4's: take the FPN's features.
+    features = [] if args.config_file else FPN_OPTS
     cfg = load_cfg(args.config_file, features + args.opts)
     r = cfg.MODEL.RESNETS
-    print(f"R-{r.DEPTH}-FPN ({r.NUM_GROUPS}x{r.WIDTH_PER_GROUP}d, norm {r.NORM}), batch "
-          f"{args.batch} x {args.size[0]}x{args.size[1]}, {args.device}, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, ours in "
-          f"{cfg.BACKBONES.MEMORY_FORMAT}, amp {args.amp or 'off'}")
+    print(
+        f"R-{r.DEPTH}-FPN ({r.NUM_GROUPS}x{r.WIDTH_PER_GROUP}d, norm {r.NORM}), batch "
+        f"{args.batch} x {args.size[0]}x{args.size[1]}, {args.device}, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads, ours in "
+        f"{cfg.BACKBONES.MEMORY_FORMAT}, amp {args.amp or 'off'}"
+    )
     if args.detector:
-        timings = benchmark_detector(cfg, batch=args.batch, size=tuple(args.size),
-                                     iters=args.iters, device=args.device, amp=args.amp)
+        timings = benchmark_detector(
+            cfg,
+            batch=args.batch,
+            size=tuple(args.size),
+            iters=args.iters,
+            device=args.device,
+            amp=args.amp,
+        )
     else:
-        timings = benchmark_fpn(cfg, batch=args.batch, size=tuple(args.size), iters=args.iters,
-                                modes=tuple(args.modes), device=args.device, amp=args.amp)
+        timings = benchmark_fpn(
+            cfg,
+            batch=args.batch,
+            size=tuple(args.size),
+            iters=args.iters,
+            modes=tuple(args.modes),
+            device=args.device,
+            amp=args.amp,
+        )
     for t in timings:
-        print(f"{t.mode:>9}: detectron2 {t.detectron2_s * 1e3:8.1f} ms   ours "
-              f"{t.ours_s * 1e3:8.1f} ms   speedup x{t.speedup:.2f}")
+        print(
+            f"{t.mode:>9}: detectron2 {t.detectron2_s * 1e3:8.1f} ms   ours "
+            f"{t.ours_s * 1e3:8.1f} ms   speedup x{t.speedup:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -19,12 +19,13 @@ import time
 import warnings
 
 import torch
-from benchmarks import Timing, benchmark_detector, benchmark_fpn
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
 
 from backbones import backbones_build_resnet_fpn_backbone, load_cfg
 from backbones.modeling import MEMORY_FORMATS
+
+from benchmarks import Timing, benchmark_detector, benchmark_fpn
 
 FEATURES = ["res2", "res3", "res4", "res5"]
 

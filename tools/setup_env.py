@@ -10,6 +10,7 @@ own source build always wins), a clean ``detectron2`` wheel is built from the Py
 (it cannot load on other Pythons) and without the unrelated top-level ``tools/`` package it also
 ships, which would shadow ours.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,11 +79,14 @@ def _record_hash(data: bytes) -> str:
 
 
 def build_clean_d2_wheel(sal_wheel: Path, out_dir: Path) -> Path:
-    """Repack ``sal_wheel`` into ``detectron2-<ver>-py3-none-any.whl`` holding only ``detectron2/``."""
+    """Repack ``sal_wheel`` as ``detectron2-<ver>-py3-none-any.whl`` with ``detectron2/`` only."""
     dist_info = f"detectron2-{D2_VERSION}.dist-info"
     target = out_dir / f"detectron2-{D2_VERSION}-py3-none-any.whl"
     records: list[tuple[str, str, str]] = []
-    with zipfile.ZipFile(sal_wheel) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as dst:
+    with (
+        zipfile.ZipFile(sal_wheel) as src,
+        zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as dst,
+    ):
         license_text = b""
         for info in src.infolist():
             name = info.filename
@@ -95,12 +99,19 @@ def build_clean_d2_wheel(sal_wheel: Path, out_dir: Path) -> Path:
             data = src.read(info)
             dst.writestr(name, data)
             records.append((name, _record_hash(data), str(len(data))))
-        metadata = "\n".join(
-            ["Metadata-Version: 2.1", "Name: detectron2", f"Version: {D2_VERSION}",
-             "Summary: Detectron2 (pure-Python package repacked from sal-detectron2 0.7.2)",
-             "Requires-Python: >=3.8"]
-            + [f"Requires-Dist: {r}" for r in D2_REQUIRES]
-        ) + "\n"
+        metadata = (
+            "\n".join(
+                [
+                    "Metadata-Version: 2.1",
+                    "Name: detectron2",
+                    f"Version: {D2_VERSION}",
+                    "Summary: Detectron2 (pure-Python package repacked from sal-detectron2 0.7.2)",
+                    "Requires-Python: >=3.8",
+                ]
+                + [f"Requires-Dist: {r}" for r in D2_REQUIRES]
+            )
+            + "\n"
+        )
         wheel_meta = (
             "Wheel-Version: 1.0\nGenerator: backbones-setup_env\nRoot-Is-Purelib: true\n"
             "Tag: py3-none-any\n"
@@ -126,8 +137,17 @@ def install_detectron2(python: Path, cache: Path) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     sal = cache / SAL_WHEEL
     if not sal.exists():
-        pip(python, "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.10",
-            "sal-detectron2==0.7.2", "-d", str(cache))
+        pip(
+            python,
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.10",
+            "sal-detectron2==0.7.2",
+            "-d",
+            str(cache),
+        )
     digest = hashlib.sha256(sal.read_bytes()).hexdigest()
     if digest != SAL_SHA256:
         sal.unlink()

@@ -10,16 +10,16 @@ starts N CPU processes). Examples::
     tools/train_net.py --config-file cfg.yaml --dataset my_train train.json images/ \
         --dataset my_val val.json images/ DATASETS.TRAIN '("my_train",)' DATASETS.TEST '("my_val",)'
 """
+
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
-
-from detectron2.config import CfgNode
 
 from backbones import BackbonesCheckpointer, Trainer, load_cfg
 from backbones.engine import launch, setup

@@ -6,6 +6,7 @@ Example::
     tools/visualize_predictions.py --config-file cfg.yaml --weights out/model_final.pth \
         --output out/vis --num-images 8 MODEL.DEVICE cpu
 """
+
 from __future__ import annotations
 
 import argparse

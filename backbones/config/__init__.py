@@ -1,5 +1,4 @@
-"""Config: the ``BACKBONES`` node and its defaults, and the input settings that follow the weights.
-"""
+"""Config: the ``BACKBONES`` node, its defaults, and the input settings that follow the weights."""
 
 from .defaults import OPTIMIZERS, add_backbones_config
 from .input_settings import (

@@ -1,4 +1,5 @@
 """Config defaults for the ``backbones`` plugin: one node of its own, ``BACKBONES``."""
+
 from __future__ import annotations
 
 from detectron2.config import CfgNode as CN

@@ -27,12 +27,8 @@ INPUT_KEYS = {
 INPUT_FROM_WEIGHTS = ("auto", "off")
 
 
-
-
 class InputSettingsError(ValueError):
     """A config input setting that contradicts the weights' source."""
-
-
 
 
 # ---------------------------------------------------------------------------------------------

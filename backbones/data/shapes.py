@@ -3,6 +3,7 @@
 Images hold 0-6 coloured shapes over flat, gradient, noise or stripe backgrounds. Shapes are drawn
 in order, so later ones occlude earlier ones; each annotation describes the visible region only.
 """
+
 from __future__ import annotations
 
 import json
@@ -232,7 +233,6 @@ def register_shapes(
     image_size: int = DEFAULT_IMAGE_SIZE,
     seed: int = 0,
 ) -> tuple[str, str]:
-
     """Register ``{name}_train`` and ``{name}_val`` with Detectron2's catalogs, lazily.
 
     Nothing is generated here: loading a split from ``DatasetCatalog`` or reading its

@@ -1,5 +1,6 @@
 """Rendering of the synthetic shapes images: occluding coloured shapes over textured backgrounds,
 with COCO annotations of their visible regions."""
+
 from __future__ import annotations
 
 import logging
@@ -206,7 +207,6 @@ def _keeps_earlier(
 def render_shapes(
     split: str, *, num_images: int, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list[int]]]:
-
     """Draw the images of one split, deterministically, without touching the disk.
 
     The random stream is seeded by ``(seed, crc32(split))``, so splits differ for one seed and
@@ -272,5 +272,3 @@ def _annotation(mask: np.ndarray) -> dict | None:
         "bbox": [x, y, w, h],
         "iscrowd": 0,
     }
-
-

@@ -5,6 +5,7 @@ processes; ``hooks`` writes loss curves; ``trainer`` is the :class:`Trainer`.
 """
 
 from .config import load_cfg, setup
+from .distributed import DEFAULT_TIMEOUT, create_ddp_model, ddp_device_ids, launch
 from .hooks import (
     SMOOTHING_WINDOW,
     LossCurveWriter,
@@ -12,7 +13,6 @@ from .hooks import (
     plot_loss_curves,
     smooth,
 )
-from .distributed import DEFAULT_TIMEOUT, create_ddp_model, ddp_device_ids, launch
 from .trainer import EVALUATORS, Trainer
 
 __all__ = [

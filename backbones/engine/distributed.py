@@ -1,5 +1,6 @@
 """Multi-process training on GPUs (Detectron2's launch) and on CPU (gloo process groups,
 DistributedDataParallel without device ids)."""
+
 from __future__ import annotations
 
 import itertools
@@ -120,5 +121,3 @@ def _cpu_worker(
         main_func(*args)
     finally:
         dist.destroy_process_group()
-
-

@@ -1,5 +1,6 @@
 """Loss curves: metrics.json records, running-median smoothing, loss_curve.png and the hook that
 writes it."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,6 @@ logger = logging.getLogger(__name__)
 
 # Detectron2 smooths losses with the median of the last 20 values (JSONWriter, metric printer).
 SMOOTHING_WINDOW = 20
-
 
 
 def _is_loss(name: str) -> bool:
@@ -67,7 +67,6 @@ def plot_loss_curves(
     raw: Mapping[str, Sequence[tuple[int, float]]] | None = None,
     smoothed: Mapping[str, Sequence[tuple[int, float]]] | None = None,
 ) -> Path:
-
     """Plot ``total_loss`` and each ``loss_*`` against the iteration into a PNG, one panel each.
 
     Args:
@@ -163,5 +162,3 @@ class LossCurveWriter(HookBase):
         if not any(smoothed.values()):
             return None
         return plot_loss_curves(path, raw=raw, smoothed=smoothed)
-
-

@@ -30,8 +30,8 @@ from ..checkpoint import BackbonesCheckpointer
 from ..config.defaults import OPTIMIZERS
 from ..errors import check_choice
 from ..evaluation import FasterCOCOEvaluator
-from .hooks import LossCurveWriter
 from .distributed import create_ddp_model
+from .hooks import LossCurveWriter
 
 logger = logging.getLogger(__name__)
 

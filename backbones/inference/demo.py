@@ -125,8 +125,6 @@ def find_inputs(specs: str | Sequence[str]) -> list[InputFile]:
     return [_probe(p) for p in unique]
 
 
-
-
 def _frames(item: InputFile, every: int) -> Iterator[tuple[int | None, np.ndarray]]:
     """``(frame index or None, uint8 RGB image)`` for an image, or every ``every``-th frame."""
     if item.kind == "image":
@@ -190,7 +188,6 @@ def run_demo(
     every: int = 1,
     progress: bool = True,
 ) -> DemoResult:
-
     """Predict on image files and video frames; draw them and write ``predictions.json``.
 
     All inputs are checked before the model is built. Boxes, class names, scores and masks are
@@ -277,5 +274,3 @@ def run_demo(
         "%d instances on %d images/frames; wrote %s", len(annotations), len(images), output_dir
     )
     return DemoResult(written, predictions_json, len(images), len(annotations))
-
-

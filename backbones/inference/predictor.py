@@ -19,10 +19,8 @@ from ..errors import check_choice
 logger = logging.getLogger(__name__)
 
 
-
 # Shorter side, in pixels, below which drawings are upscaled (labels have a minimum font size).
 _MIN_DRAWN_SIZE = 512
-
 
 
 def with_score_threshold(cfg: CfgNode, threshold: float) -> CfgNode:
@@ -110,8 +108,6 @@ def predictions_metadata(cfg: CfgNode) -> Metadata:
         )
         return Metadata(name="")
     return metadata
-
-
 
 
 def _score_threshold(cfg: CfgNode) -> float:

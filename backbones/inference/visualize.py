@@ -1,4 +1,5 @@
 """Ground truth next to predictions for the first images of a dataset, drawn into PNG files."""
+
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,6 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 
-
 def visualize_predictions(
     cfg: CfgNode,
     weights: str,
@@ -24,7 +24,6 @@ def visualize_predictions(
     num_images: int = 8,
     score_thresh: float = 0.5,
 ) -> list[Path]:
-
     """Draw ground truth (left) and predictions (right) for the first images of a dataset.
 
     Boxes, masks, class names and scores are drawn by Detectron2's ``Visualizer`` with the

@@ -3,6 +3,7 @@
 Registered names (``MODEL.BACKBONE.NAME``), prefixed so they never clash with Detectron2's own:
 ``backbones_build_resnet_backbone`` and ``backbones_build_resnet_fpn_backbone``.
 """
+
 from __future__ import annotations
 
 import warnings

@@ -168,7 +168,6 @@ class FPN(Backbone):
         return fused / 2 if self._fuse_avg else fused
 
 
-
 def make_resnet_fpn(
     depth: int | None = None,
     *,
@@ -180,7 +179,6 @@ def make_resnet_fpn(
     weights: str | os.PathLike | Weights | None = None,
     **resnet_options,
 ) -> FPN:
-
     """Build ``make_resnet(depth, **resnet_options)`` with an FPN on top, without any config.
 
     Args:

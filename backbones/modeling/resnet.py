@@ -1,5 +1,4 @@
-"""The ResNet / ResNeXt backbone (He et al., 2015; Xie et al., 2017) as a Detectron2 ``Backbone``.
-"""
+"""The ResNet / ResNeXt backbone (He et al., 2015; Xie et al., 2017), a Detectron2 ``Backbone``."""
 
 from __future__ import annotations
 
@@ -107,7 +106,6 @@ class ResNet(Backbone):
                 outputs[name] = x
         return outputs
 
-
     __jit_unused_properties__ = ["stages"]  # TorchScript: a Python-side helper only
 
     @property
@@ -190,7 +188,6 @@ def make_resnet(
     avg_down: bool | None = None,
     weights: str | os.PathLike | Weights | None = None,
 ) -> ResNet:
-
     """Build a ResNet / ResNeXt of the given depth without any config, optionally with weights.
 
     The architecture options left at None take the values that ``weights`` shows (depth,
