@@ -4,9 +4,9 @@ Importing the package registers ``backbones_build_resnet_backbone`` and
 ``backbones_build_resnet_fpn_backbone`` in Detectron2's ``BACKBONE_REGISTRY``, and the embedded
 datasets ``shapes_train`` / ``shapes_val`` (generated on first use) in its ``DatasetCatalog``.
 
-Subpackages, each importing only those before it: ``specs``/``errors`` (data) -> ``weights`` ->
-``modeling`` -> ``config``, ``checkpoint``, ``data``, ``evaluation`` -> ``engine``, ``inference``,
-``export``. The names below are the public API.
+Subpackages, each importing only those before it (docs/design.md): ``specs``/``errors`` (data)
+-> ``weights`` -> ``modeling`` -> ``config`` -> ``checkpoint``, ``data``, ``evaluation`` ->
+``engine``, ``inference``, ``export``. The names below are the public API.
 """
 
 from .checkpoint import BackbonesCheckpointer

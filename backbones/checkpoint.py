@@ -1,9 +1,8 @@
-"""Loading ResNet weights of any source into models and configs, with a short report.
+"""Detectron2's ``DetectionCheckpointer`` for every weight format of :mod:`backbones.weights`.
 
-:class:`BackbonesCheckpointer` is Detectron2's ``DetectionCheckpointer`` that reads every format of
-:mod:`backbones.weights` safely, refuses shape mismatches, writes checkpoints atomically, and stores
-the input settings in them. :func:`apply_input_settings` sets ``INPUT.FORMAT``, ``MODEL.PIXEL_*``
-and ``MODEL.RESNETS.STRIDE_IN_1X1`` from ``MODEL.WEIGHTS`` unless the user set them.
+:class:`BackbonesCheckpointer` reads files safely, places ImageNet weights of any source into the
+model's ResNet with a short report (:func:`backbones.weights.load_weights`), refuses shape
+mismatches, writes checkpoints atomically, and stores the config's input settings in them.
 """
 
 from __future__ import annotations

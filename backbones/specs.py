@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-BLOCK_TYPES = ("basic", "bottleneck")
-
 
 @dataclass(frozen=True)
 class DepthSpec:
-    """Block type and number of blocks in res2..res5 for one depth."""
+    """Block type (a key of ``backbones.modeling.BLOCK_TYPES``) and number of blocks in
+    res2..res5 for one depth."""
 
     block: str
     blocks_per_stage: tuple[int, int, int, int]

@@ -1,4 +1,4 @@
-"""Generate the synthetic "shapes" dataset of ``backbones.shapes`` and print a summary.
+"""Generate the synthetic "shapes" dataset of ``backbones.data.shapes`` and print a summary.
 
 Optional: ``register_shapes`` generates the data on first use. Run this to generate it ahead of
 time, e.g. ``python datasets/prepare_shapes.py`` writes ``datasets/shapes/{train,val}``.

@@ -53,7 +53,7 @@ def add_backbones_config(cfg: CN) -> CN:
     # tools/train_net.py --dataset NAME JSON IMAGE_ROOT appends to it.
     cfg.BACKBONES.COCO_DATASETS = []
     # Input settings (INPUT.FORMAT, MODEL.PIXEL_MEAN, MODEL.PIXEL_STD, MODEL.RESNETS.STRIDE_IN_1X1)
-    # from the source of MODEL.WEIGHTS (backbones.checkpoint.apply_input_settings). Options:
+    # from the source of MODEL.WEIGHTS (backbones.config.apply_input_settings). Options:
     #   "auto": keys the config files and command line leave unset take the weights' values; a
     #   key set to another value is an error naming both;
     #   "off": keep the config as written (for those who know the weights want otherwise).

@@ -110,7 +110,7 @@ def generate_shapes(
                     annotations.append(ann)
         coco = {
             "info": {
-                "description": "Synthetic shapes (backbones.shapes)",
+                "description": "Synthetic shapes (backbones.data.shapes)",
                 "version": str(_FORMAT_VERSION),
                 **params,
             },
