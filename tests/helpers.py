@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.layers import FrozenBatchNorm2d
@@ -48,3 +49,30 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
         if isinstance(module, nn.Conv2d) and module.bias is not None:
             module.bias.copy_(rand(module.bias, -0.2, 0.2))
     return model
+
+
+def caffe2_blobs(model: nn.Module) -> dict[str, np.ndarray]:
+    """Write a Detectron2 ResNet (FrozenBN) in the naming of MSRA's Caffe2 pickles, BN folded
+    into an affine scale and bias as Caffe2 stored it (written here independently of the
+    converter under test)."""
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    blobs = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[-1] in ("running_mean", "running_var") or parts[-2:] == ["norm", "bias"]:
+            continue
+        if parts[0] == "stem":
+            c2 = "conv1" if parts[-2] == "conv1" else "res_conv1_bn"
+        else:
+            stage, block, module = parts[0][3:], parts[1], parts[2]
+            branch = "branch1" if module == "shortcut" else "branch2" + "abc"[int(module[-1]) - 1]
+            c2 = f"res{stage}_{block}_{branch}" + ("_bn" if parts[-2] == "norm" else "")
+        if parts[-2] == "norm":
+            base = key[: -len("weight")]
+            scale = value / np.sqrt(state[base + "running_var"] + 1e-5)
+            blobs[c2 + "_s"] = scale
+            blobs[c2 + "_b"] = state[base + "bias"] - state[base + "running_mean"] * scale
+        else:
+            blobs[c2 + "_w"] = value
+    blobs["fc1000_w"], blobs["fc1000_b"] = np.zeros((1000, 2048)), np.zeros(1000)
+    return blobs

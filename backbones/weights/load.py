@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 
 # Every ResNet of the family has this tensor; its prefix tells where the ResNet sits.
 _STEM_KEY = "stem.conv1.weight"
+# Where a detector keeps a stage of the ResNet outside its backbone: in Detectron2's C4 design
+# (the paper's, Appendix A) the backbone stops at res4 and Res5ROIHeads runs res5 on every RoI as
+# ``roi_heads.res5``; Detectron2 loads ImageNet res5 there, and so do we.
+STAGE_HOMES: dict[str, tuple[str, ...]] = {"res5": ("roi_heads.res5",)}
 
 
 class WeightsShapeError(WeightsFormatError):
@@ -103,7 +107,15 @@ def _align(weights: Weights, model_keys: set[str]) -> dict[str, torch.Tensor]:
             raise WeightsFormatError(
                 f"{weights.path}: ImageNet ResNet weights, but the model has no ResNet module"
             )
-        return {prefix + k: v for k, v in weights.state.items()}
+        state = {}
+        for name, value in weights.state.items():
+            target = prefix + name
+            if target not in model_keys:
+                stage, _, rest = name.partition(".")
+                homes = (f"{home}.{rest}" for home in STAGE_HOMES.get(stage, ()))
+                target = next((home for home in homes if home in model_keys), target)
+            state[target] = value
+        return state
     # A detector checkpoint into a detector, a bare FPN (no "backbone.") or a bare ResNet.
     best: dict[str, torch.Tensor] = {}
     for strip in ("", "backbone.", resnet_prefix(weights.state)):
@@ -124,8 +136,9 @@ def load_weights(
     """Load a weights file of any supported source into ``model`` and report what happened.
 
     ImageNet files (torchvision, timm, Caffe2, Detectron2 backbone conversions) go into the
-    model's ResNet wherever it sits (``backbone.bottom_up.`` in an R-CNN); detector checkpoints
-    load by name.
+    model's ResNet wherever it sits (``backbone.bottom_up.`` in an R-CNN), and a stage the
+    backbone lacks into its home in the detector (:data:`STAGE_HOMES`: res5 into
+    ``roi_heads.res5`` of a C4 model); detector checkpoints load by name.
 
     Args:
         model: a Detectron2 model, an FPN or a ResNet of this package (or Detectron2's).
