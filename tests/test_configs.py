@@ -1,22 +1,104 @@
-"""Every YAML under configs/ merges into a Detectron2 cfg and builds its model on CPU."""
+"""Every YAML under configs/ merges into a Detectron2 cfg and builds its model on CPU; the COCO
+leaves build what their names say, set the input settings of their weights, and equal Detectron2's
+model-zoo recipe of the same model key for key."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from detectron2 import model_zoo
 from detectron2.modeling import build_model
+from detectron2.modeling.roi_heads import Res5ROIHeads
 
-from backbones import FPN, load_cfg
+from backbones import BLOCK_TYPES, DEPTHS, FPN, SOURCES, ResNet, load_cfg
+from backbones.weights import source_of_url
 
-CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 LEAVES = [p for p in CONFIGS if not p.name.startswith("Base-")]
+ZOO_DIR = Path(model_zoo.get_config_file("Base-RCNN-FPN.yaml")).parent
+
+# {detector}_{preset}[_{design}][_{schedule}]: the COCO configs (1x without a schedule, FPN
+# without a design); the shapes configs (`mrcnn_r18_shapes`) are named for their data instead.
+NAME = re.compile(
+    r"(?P<detector>frcnn|mrcnn)_(?P<preset>r\d+|x101_32x8d)"
+    r"(?:_(?P<design>c4|dc5))?(?:_(?P<schedule>3x))?"
+)
+COCO = [p for p in LEAVES if NAME.fullmatch(p.stem)]
+LADDER = (18, 34, 50, 101, 152)
+
+# Our config -> Detectron2's model-zoo config of the same model. Each pair is equal key for key but
+# MODEL.BACKBONE.NAME (ours: "backbones_" + theirs) and our BACKBONES node.
+ZOO = {
+    "Base-RCNN-FPN.yaml": "Base-RCNN-FPN.yaml",
+    "Base-RCNN-C4.yaml": "Base-RCNN-C4.yaml",
+    "Base-RCNN-DilatedC5.yaml": "Base-RCNN-DilatedC5.yaml",
+    "frcnn_r50.yaml": "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
+    "frcnn_r50_3x.yaml": "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",
+    "frcnn_r101_3x.yaml": "COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml",
+    "frcnn_x101_32x8d_3x.yaml": "COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x.yaml",
+    "frcnn_r50_c4.yaml": "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml",
+    "frcnn_r50_c4_3x.yaml": "COCO-Detection/faster_rcnn_R_50_C4_3x.yaml",
+    "frcnn_r101_c4_3x.yaml": "COCO-Detection/faster_rcnn_R_101_C4_3x.yaml",
+    "frcnn_r50_dc5.yaml": "COCO-Detection/faster_rcnn_R_50_DC5_1x.yaml",
+    "frcnn_r50_dc5_3x.yaml": "COCO-Detection/faster_rcnn_R_50_DC5_3x.yaml",
+    "frcnn_r101_dc5_3x.yaml": "COCO-Detection/faster_rcnn_R_101_DC5_3x.yaml",
+    "mrcnn_r50.yaml": "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml",
+    "mrcnn_r50_3x.yaml": "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml",
+    "mrcnn_r101_3x.yaml": "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml",
+    "mrcnn_x101_32x8d_3x.yaml": "COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x.yaml",
+    "mrcnn_r50_c4.yaml": "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml",
+    "mrcnn_r101_c4_3x.yaml": "COCO-InstanceSegmentation/mask_rcnn_R_101_C4_3x.yaml",
+}
+
+# What each schedule of Detectron2's zoo trains for (batch 16): (SOLVER.STEPS, SOLVER.MAX_ITER).
+SCHEDULES = {"1x": ((60000, 80000), 90000), "3x": ((210000, 250000), 270000)}
+# The ImageNet weights a preset starts from: R-<depth>.pkl, X-<depth>-<groups>x<width>d.pkl.
+WEIGHTS_NAME = re.compile(
+    r"(?P<kind>[RX])-(?P<depth>\d+)(?:-(?P<groups>\d+)x(?P<width>\d+)d)?\.pkl"
+)
+
+
+def zoo_name(stem: str) -> str:
+    """The model-zoo file of the model our COCO config ``stem`` names (whether or not the zoo
+    has it): frcnn_r50_c4_3x -> COCO-Detection/faster_rcnn_R_50_C4_3x.yaml."""
+    m = NAME.fullmatch(stem)
+    folder, detector = {
+        "frcnn": ("COCO-Detection", "faster_rcnn"),
+        "mrcnn": ("COCO-InstanceSegmentation", "mask_rcnn"),
+    }[m["detector"]]
+    preset = re.sub(r"^([rx])", lambda kind: kind[1].upper() + "_", m["preset"])  # X_101_32x8d
+    design = {"c4": "C4", "dc5": "DC5", None: "FPN"}[m["design"]]
+    return f"{folder}/{detector}_{preset}_{design}_{m['schedule'] or '1x'}.yaml"
+
+
+def flatten(node: dict, stem: str = "") -> dict[str, object]:
+    """``{"MODEL.RESNETS.DEPTH": 50, ...}``: every leaf key of a cfg with its value."""
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{stem}{key}."))
+        else:
+            flat[f"{stem}{key}"] = value
+    return flat
 
 
 def test_the_configs_users_start_from_exist():
     names = {p.stem for p in LEAVES}
     assert {"frcnn_r50", "frcnn_r101", "mrcnn_r50", "mrcnn_r101", "mrcnn_r18_shapes"} <= names
+
+
+def test_the_depth_ladder_and_the_papers_designs_exist():
+    names = {p.stem for p in COCO}
+    ladder = {f"frcnn_r{depth}{schedule}" for depth in LADDER for schedule in ("", "_3x")}
+    assert ladder <= names, f"missing from the ladder: {sorted(ladder - names)}"
+    designs = {"frcnn_r50_c4", "frcnn_r50_c4_3x", "frcnn_r101_c4_3x", "mrcnn_r50_c4"}
+    designs |= {"mrcnn_r101_c4_3x", "frcnn_r50_dc5", "frcnn_r50_dc5_3x", "frcnn_r101_dc5_3x"}
+    designs |= {"frcnn_x101_32x8d_3x", "mrcnn_r50_3x", "mrcnn_r101_3x", "mrcnn_x101_32x8d_3x"}
+    assert designs <= names, f"missing: {sorted(designs - names)}"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -29,10 +111,15 @@ def test_config_merges_and_builds_on_cpu(path):
     else:
         model = build_model(cfg)
     assert cfg.MODEL.BACKBONE.NAME.startswith("backbones_")
-    assert isinstance(model.backbone, FPN)
-    assert model.backbone.bottom_up.output_shape()["res5"].channels == (
-        512 if cfg.MODEL.RESNETS.DEPTH < 50 else 2048
-    )
+    if isinstance(model.roi_heads, Res5ROIHeads):  # C4: res5 is the per-RoI head
+        assert isinstance(model.backbone, ResNet)
+        assert list(model.backbone.output_shape()) == ["res4"]
+        res5 = model.roi_heads.res5[-1].out_channels
+    else:
+        resnet = model.backbone.bottom_up if isinstance(model.backbone, FPN) else model.backbone
+        assert isinstance(resnet, ResNet)
+        res5 = resnet.output_shape()["res5"].channels
+    assert res5 == (512 if cfg.MODEL.RESNETS.DEPTH < 50 else 2048)
     assert hasattr(model.roi_heads, "mask_head") == cfg.MODEL.MASK_ON
     assert all(p.device == torch.device("cpu") for p in model.parameters())
 
@@ -43,6 +130,74 @@ def test_leaf_configs_stay_short_and_set_weight_dependent_inputs(path):
     assert len(lines) <= 12, f"{path.name}: leaves override a Base-*.yaml in a few lines"
     # As written: the leaf itself must set what its weights need.
     cfg = load_cfg(str(path), ["BACKBONES.INPUT_FROM_WEIGHTS", "off"])
-    if cfg.MODEL.WEIGHTS.endswith(".pkl"):  # MSRA Caffe2 weights: BGR, std 1, stride in 1x1
-        assert cfg.INPUT.FORMAT == "BGR" and list(cfg.MODEL.PIXEL_STD) == [1.0, 1.0, 1.0]
-        assert cfg.MODEL.RESNETS.STRIDE_IN_1X1
+    if not cfg.MODEL.WEIGHTS:
+        return  # from scratch: any input settings
+    source = source_of_url(cfg.MODEL.WEIGHTS)
+    assert source is not None, f"{path.name}: {cfg.MODEL.WEIGHTS} is no known zoo address"
+    wanted = SOURCES[source].input
+    assert cfg.INPUT.FORMAT == wanted.format
+    assert list(cfg.MODEL.PIXEL_MEAN) == pytest.approx(list(wanted.pixel_mean))
+    assert list(cfg.MODEL.PIXEL_STD) == pytest.approx(list(wanted.pixel_std))
+    if BLOCK_TYPES[DEPTHS[cfg.MODEL.RESNETS.DEPTH].block].strided_1x1:  # else no 1x1 to stride
+        assert cfg.MODEL.RESNETS.STRIDE_IN_1X1 == wanted.stride_in_1x1
+    if "WEIGHTS:" in path.read_text():  # and says where its weights come from
+        comments = " ".join(line for line in lines if line.lstrip().startswith("#"))
+        assert source in comments.lower(), f"{path.name}: name the weights' source ({source})"
+
+
+@pytest.mark.parametrize("path", COCO, ids=lambda p: p.name)
+def test_coco_configs_build_what_their_names_say(path):
+    m = NAME.fullmatch(path.stem)
+    cfg = load_cfg(str(path))
+    r = cfg.MODEL.RESNETS
+    assert cfg.MODEL.MASK_ON == (m["detector"] == "mrcnn")
+    # The preset: the depth (and ResNeXt's groups), and ImageNet weights of that network.
+    weights = WEIGHTS_NAME.fullmatch(cfg.MODEL.WEIGHTS.rsplit("/", 1)[-1])
+    assert weights is not None, cfg.MODEL.WEIGHTS
+    groups, width = (32, 8) if m["preset"] == "x101_32x8d" else (1, 64)
+    assert (r.DEPTH, r.NUM_GROUPS, r.WIDTH_PER_GROUP) == (int(m["preset"][1:4]), groups, width)
+    assert int(weights["depth"]) == r.DEPTH
+    assert (int(weights["groups"] or 1), int(weights["width"] or 64)) == (groups, width)
+    # The design: FPN, C4 (res5 runs per RoI in Res5ROIHeads) or DC5 (dilated res5).
+    fpn = m["design"] is None
+    assert cfg.MODEL.BACKBONE.NAME == f"backbones_build_resnet{'_fpn' if fpn else ''}_backbone"
+    heads, features, dilation = {
+        None: ("StandardROIHeads", ["p2", "p3", "p4", "p5"], 1),
+        "c4": ("Res5ROIHeads", ["res4"], 1),
+        "dc5": ("StandardROIHeads", ["res5"], 2),
+    }[m["design"]]
+    assert cfg.MODEL.ROI_HEADS.NAME == heads
+    assert list(cfg.MODEL.ROI_HEADS.IN_FEATURES) == features
+    assert r.RES5_DILATION == dilation
+    if m["design"] is not None:
+        assert list(r.OUT_FEATURES) == features
+    # The schedule: Detectron2's 1x or 3x at batch 16.
+    steps, max_iter = SCHEDULES[m["schedule"] or "1x"]
+    assert (tuple(cfg.SOLVER.STEPS), cfg.SOLVER.MAX_ITER) == (steps, max_iter)
+    assert cfg.SOLVER.IMS_PER_BATCH == 16
+
+
+def test_every_config_with_a_zoo_counterpart_is_compared():
+    in_zoo = {p.name for p in COCO if (ZOO_DIR / zoo_name(p.stem)).is_file()}
+    assert in_zoo <= set(ZOO), f"add to ZOO: {sorted(in_zoo - set(ZOO))}"
+    # and each pair of ZOO is the model its name says
+    assert {zoo_name(Path(ours).stem) for ours in ZOO if NAME.fullmatch(Path(ours).stem)} == {
+        zoo for ours, zoo in ZOO.items() if not ours.startswith("Base-")
+    }
+
+
+@pytest.mark.parametrize("ours, zoo", ZOO.items(), ids=list(ZOO))
+def test_config_equals_the_model_zoo_recipe(ours, zoo):
+    # Both composed the same way: Detectron2's defaults, BACKBONES, the YAML chain, and the
+    # input settings of their weights for keys the YAMLs leave unset.
+    mine = flatten(load_cfg(str(CONFIG_DIR / ours)))
+    theirs = flatten(load_cfg(model_zoo.get_config_file(zoo)))
+    assert mine.pop("MODEL.BACKBONE.NAME") == "backbones_" + theirs.pop("MODEL.BACKBONE.NAME")
+    keys = sorted(k for k in mine.keys() | theirs.keys() if not k.startswith("BACKBONES."))
+    missing = "(absent)"
+    differ = [
+        f"{k}: ours {mine.get(k, missing)!r}, zoo {theirs.get(k, missing)!r}"
+        for k in keys
+        if mine.get(k, missing) != theirs.get(k, missing)
+    ]
+    assert not differ, f"{ours} differs from the zoo's {zoo}:\n  " + "\n  ".join(differ)
