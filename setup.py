@@ -8,6 +8,8 @@ setup(
     description="ResNet / ResNeXt backbones with FPN for Detectron2",
     python_requires=">=3.10",
     packages=find_packages(include=["backbones", "backbones.*"]),
+    # The reference figures of the depth report (the paper's Table 8, the model zoos).
+    package_data={"backbones.analysis": ["references.yaml"]},
     install_requires=[
         "torch>=2.1",
         "torchvision",

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Parameters and FLOPs (billions of multiply-adds, the unit of He et al.'s Table 1) per model.
+
+Either ResNets of the given depths (``--depths``; with ``--classifier`` the 1000-way ImageNet
+classifier is added, and at 224x224 the paper's figure is shown next to ours) or the whole
+detector of a config at its test size, backbone and heads apart (``--config-file``, then
+``KEY VALUE`` overrides). Prints a table; ``--csv PATH`` also writes it. Examples::
+
+    tools/analyze_model.py --depths 18 34 50 101 152 --size 224 224 --classifier
+    tools/analyze_model.py --config-file configs/frcnn_r50.yaml --csv frcnn_r50.csv
+    tools/analyze_model.py --config-file configs/mrcnn_r50.yaml MODEL.RESNETS.DEPTH 101
+
+Progress goes to stderr; the counts are those of :mod:`backbones.analysis.complexity`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+
+# Imported by Detectron2 through torch; says nothing about this tool's input.
+warnings.filterwarnings(
+    "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
+)
+
+from backbones import DEPTHS, load_cfg  # noqa: E402
+from backbones.analysis import (  # noqa: E402
+    PAPER_GFLOPS,
+    detector_complexity,
+    detector_test_size,
+    format_table,
+    resnet_complexity,
+    write_csv,
+)
+
+PAPER_SIZE = (224, 224)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    models = parser.add_mutually_exclusive_group(required=True)
+    models.add_argument("--config-file", metavar="FILE", help="a detector config (YAML)")
+    models.add_argument(
+        "--depths", type=int, nargs="+", choices=sorted(DEPTHS), metavar="D", help="ResNet depths"
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="input image size; default 224 224 for --depths, the config's test size otherwise",
+    )
+    parser.add_argument(
+        "--classifier", action="store_true", help="with --depths: add the 1000-way classifier"
+    )
+    parser.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="with --config-file: KEY VALUE config overrides"
+    )
+    args = parser.parse_args(argv)
+    if args.depths is not None and args.opts:
+        parser.error("KEY VALUE overrides apply to --config-file only")
+    if args.config_file is not None and args.classifier:
+        parser.error("--classifier applies to --depths only")
+    if args.size is not None and min(args.size) <= 0:
+        parser.error(f"--size must be positive, got {args.size[0]} {args.size[1]}")
+    return args
+
+
+def resnet_rows(depths: Sequence[int], size: tuple[int, int], classifier: bool) -> list[dict]:
+    """One row per depth; with the paper's figure and our difference to it where comparable."""
+    compare = classifier and size == PAPER_SIZE
+    rows = []
+    for depth in depths:
+        print(f"R-{depth}: counting at {size[0]}x{size[1]}...", file=sys.stderr, flush=True)
+        row = resnet_complexity(depth, size=size, classifier=classifier)
+        if compare and depth in PAPER_GFLOPS:
+            paper = PAPER_GFLOPS[depth]
+            row.update(paper_gflops=paper, paper_difference=row["gflops"] / paper - 1)
+        rows.append(row)
+    return rows
+
+
+def detector_row(config_file: str, opts: Sequence[str], size: tuple[int, int] | None) -> dict:
+    """The row of the config's detector, with the input size it was counted at."""
+    cfg = load_cfg(config_file, ["MODEL.DEVICE", "cpu", *opts])  # counted on CPU anyway
+    size = size or detector_test_size(cfg)
+    print(f"{config_file}: counting at {size[0]}x{size[1]}...", file=sys.stderr, flush=True)
+    row = {"config": config_file, "size": f"{size[0]}x{size[1]}"}
+    row.update(detector_complexity(cfg, size=size))
+    return row
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    size = tuple(args.size) if args.size is not None else None
+    if args.depths is not None:
+        rows = resnet_rows(args.depths, size or PAPER_SIZE, args.classifier)
+    else:
+        rows = [detector_row(args.config_file, args.opts, size)]
+    print(format_table(rows))
+    if args.csv:
+        write_csv(rows, args.csv)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
