@@ -25,6 +25,7 @@ LAYERS = {
     "engine": 5,
     "inference": 5,
     "export": 5,
+    "analysis": 6,
 }
 MAX_LINES = 500
 

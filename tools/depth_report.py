@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Depth report of Detectron2 runs: AP, parameters and GFLOPs by ResNet depth, each run's gain
+over the shallowest, beside He et al. (2015)'s Table 8 and the model zoos' figures.
+
+Reads each RUN_DIR as Detectron2's trainer leaves it (config.yaml, metrics.json: the last
+evaluation's bbox/AP, segm/AP, ...; model_final.pth) and writes into --output:
+
+  depth_report.csv      one row per run: run, depth, params, gflops, the APs (bbox/AP,
+                        bbox/AP50, ...), per AP the gain over the shallowest evaluated run in
+                        points (bbox/AP_gain) and percent (bbox/AP_gain_rel), status
+  depth_report.md       the runs beside the paper's VGG-16 -> ResNet-101 row and the model
+                        zoos' models of the same detector and design, sources named
+  depth_report_ap_vs_depth.png, depth_report_ap_vs_gflops.png
+
+Runs that did not finish, have no evaluation or no readable config.yaml are listed as such
+(status column, a list in the Markdown) and left out of the gains and plots. Example::
+
+    tools/depth_report.py output/depth_sweep/mrcnn_r*_shapes --output output/depth_sweep/report
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+
+# Imported by Detectron2 through torch, and Detectron2's anchors when the FLOPs are counted:
+# they say nothing about this tool's input.
+warnings.filterwarnings(
+    "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
+)
+warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
+
+from backbones.analysis.depth_report import REFERENCES_FILE, write_depth_report  # noqa: E402
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="Detectron2 OUTPUT_DIRs")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the report")
+    parser.add_argument(
+        "--references",
+        default=str(REFERENCES_FILE),
+        metavar="FILE",
+        help="published figures (YAML, the layout of the default: %(default)s)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the report; prints one line per run and the files written. Returns 0."""
+    args = parse_args(argv)
+    report = write_depth_report(args.run_dirs, args.output, references_file=args.references)
+    for run in report.runs:
+        ap = run.ap.get("bbox/AP")
+        box = f", box AP {ap:.1f}" if ap is not None else ""
+        print(f"{run.name}: R-{run.depth or '?'}, {run.reason or run.status}{box}")
+    for path in report.files.values():
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
