@@ -58,13 +58,16 @@ def zoo_model(design: str, weights: str):
 
 
 @pytest.mark.parametrize("source", SOURCES)
-def test_c4_gets_res5_as_its_per_roi_head(source, tmp_path):
+def test_c4_gets_res5_as_its_per_roi_head(source, tmp_path, monkeypatch):
     path, expected = write_imagenet_file(source, tmp_path)
     cfg, model = zoo_model("c4", path)
     assert "res5" not in model.backbone.output_shape()  # the backbone stops at res4
     lines: list[str] = []
     checkpointer = BackbonesCheckpointer(model, cfg=cfg)
-    checkpointer.logger.info = lines.append
+    # The report's lines; the logger is shared, so it is patched for this test only.
+    monkeypatch.setattr(
+        checkpointer.logger, "info", lambda msg, *args: lines.append(msg % args if args else msg)
+    )
     checkpointer.load(path)
     report = checkpointer.report
     head = model.roi_heads.res5.state_dict()
