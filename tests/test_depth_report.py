@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from backbones import load_cfg
-from backbones.analysis.depth_report import (
+from backbones.analysis.depth_report import write_depth_report
+from backbones.analysis.runs import (
     FINISHED,
     NO_CONFIG,
     NO_EVALUATION,
@@ -23,7 +24,6 @@ from backbones.analysis.depth_report import (
     add_gains,
     load_references,
     read_run,
-    write_depth_report,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

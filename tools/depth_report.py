@@ -32,7 +32,7 @@ warnings.filterwarnings(
 )
 warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
 
-from backbones.analysis.depth_report import REFERENCES_FILE, write_depth_report  # noqa: E402
+from backbones.analysis import REFERENCES_FILE, write_depth_report  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

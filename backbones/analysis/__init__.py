@@ -14,15 +14,8 @@ from .complexity import (
     resnet_complexity,
     write_csv,
 )
-from .depth_report import (
-    REFERENCES_FILE,
-    DepthReport,
-    Reference,
-    RunSummary,
-    load_references,
-    read_run,
-    write_depth_report,
-)
+from .depth_report import DepthReport, write_depth_report
+from .runs import REFERENCES_FILE, Reference, RunSummary, load_references, read_run
 from .sweep import SweepResult, SweepRun, plan_sweep, run_state, run_sweep, run_training
 
 __all__ = [
