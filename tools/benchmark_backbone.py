@@ -8,10 +8,7 @@ import torch
 
 from backbones import load_cfg
 
-from benchmarks import benchmark_detector, benchmark_fpn
-
-FPN_FEATURES = "['res2', 'res3', 'res4', 'res5']"
-FPN_OPTS = ["MODEL.RESNETS.OUT_FEATURES", FPN_FEATURES, "MODEL.FPN.IN_FEATURES", FPN_FEATURES]
+from benchmarks import FPN_OPTS, benchmark_detector, benchmark_fpn
 
 
 def main() -> None:

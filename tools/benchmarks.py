@@ -20,6 +20,10 @@ from torch import nn
 
 from backbones import backbones_build_resnet_fpn_backbone
 
+# Config overrides that make Detectron2's defaults (a C4 model) return the FPN's features.
+FPN_FEATURES = "['res2', 'res3', 'res4', 'res5']"
+FPN_OPTS = ["MODEL.RESNETS.OUT_FEATURES", FPN_FEATURES, "MODEL.FPN.IN_FEATURES", FPN_FEATURES]
+
 
 @dataclass
 class Timing:

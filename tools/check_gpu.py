@@ -25,15 +25,12 @@ from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
 from backbones import backbones_build_resnet_fpn_backbone, load_cfg
 from backbones.modeling import MEMORY_FORMATS
 
-from benchmarks import Timing, benchmark_detector, benchmark_fpn
-
-FEATURES = ["res2", "res3", "res4", "res5"]
+from benchmarks import FPN_OPTS, Timing, benchmark_detector, benchmark_fpn
 
 
 def fpn_cfg(*opts, **resnets):
     """A config of the backbones alone (both get the same weights by copy)."""
-    options = ["MODEL.RESNETS.OUT_FEATURES", repr(FEATURES)]
-    options += ["MODEL.FPN.IN_FEATURES", repr(FEATURES)]
+    options = list(FPN_OPTS)
     for key, value in resnets.items():
         options += [f"MODEL.RESNETS.{key}", repr(value)]
     return load_cfg(opts=options + list(opts))

@@ -8,7 +8,7 @@ renaming), ``architecture`` (make_resnet arguments from tensors), ``read`` (:cla
 :func:`read_weights`), ``convert`` (writing), ``load`` (:func:`load_weights`).
 """
 
-from .architecture import infer_architecture, resnet_prefix
+from .architecture import find_resnet, infer_architecture, resnet_prefix
 from .convert import config_lines, write_detectron2_checkpoint
 from .formats import UnsafeWeightsError, WeightsFormatError, atomic_write, read_file
 from .load import LoadReport, WeightsShapeError, load_weights
@@ -48,6 +48,7 @@ __all__ = [
     "read_file",
     "read_weights",
     "register_source",
+    "find_resnet",
     "resnet_prefix",
     "source_of_url",
     "weights_from_object",

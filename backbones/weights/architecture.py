@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import collections
 import re
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
 from ..specs import DEPTHS
 
+# Every ResNet of the family has this tensor; its prefix tells where the ResNet sits.
+STEM_KEY = "stem.conv1.weight"
+
+
+def find_resnet(keys: Iterable[str]) -> str | None:
+    """Where state-dict ``keys`` (of a checkpoint or a model, ours or Detectron2's: same names)
+    hold a ResNet: "" for a bare ResNet, ``backbone.bottom_up.`` in an R-CNN; None without one."""
+    for key in keys:
+        if key == STEM_KEY or key.endswith("." + STEM_KEY):
+            return key[: -len(STEM_KEY)]
+    return None
+
 
 def resnet_prefix(state: Mapping[str, Any]) -> str:
-    """The prefix under which a checkpoint holds the ResNet ("" or ``backbone.bottom_up.``...)."""
-    for key in state:
-        m = re.match(r"(.*?)(stem\.conv1\.weight)$", key)
-        if m:
-            return m.group(1)
-    return ""
+    """The prefix under which a checkpoint holds the ResNet ("" or ``backbone.bottom_up.``...;
+    "" also without one)."""
+    return find_resnet(state) or ""
 
 
 def infer_architecture(resnet_state: Mapping[str, torch.Tensor]) -> dict[str, Any]:

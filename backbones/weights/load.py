@@ -8,20 +8,18 @@ import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from .architecture import resnet_prefix
+from .architecture import find_resnet, resnet_prefix
 from .formats import WeightsFormatError
 from .read import Weights, read_weights
 from .sources import SOURCES
 
 logger = logging.getLogger(__name__)
 
-# Every ResNet of the family has this tensor; its prefix tells where the ResNet sits.
-_STEM_KEY = "stem.conv1.weight"
 # Where a detector keeps a stage of the ResNet outside its backbone: in Detectron2's C4 design
 # (the paper's, Appendix A) the backbone stops at res4 and Res5ROIHeads runs res5 on every RoI as
 # ``roi_heads.res5``; Detectron2 loads ImageNet res5 there, and so do we.
@@ -90,19 +88,10 @@ def _summarise(names: Sequence[str], limit: int = 4) -> str:
     return shown + (f" (+{len(groups) - limit} more)" if len(groups) > limit else "")
 
 
-def _resnet_module_prefix(model_keys: Iterable[str]) -> str | None:
-    """Where the model holds a ResNet (ours or Detectron2's: same names), from its state-dict
-    keys: "" for a bare ResNet, ``backbone.bottom_up.`` in an R-CNN; None without one."""
-    for key in model_keys:
-        if key == _STEM_KEY or key.endswith("." + _STEM_KEY):
-            return key[: -len(_STEM_KEY)]
-    return None
-
-
 def _align(weights: Weights, model_keys: set[str]) -> dict[str, torch.Tensor]:
     """The file's tensors under the model's names."""
     if weights.is_backbone_only:
-        prefix = _resnet_module_prefix(model_keys)
+        prefix = find_resnet(model_keys)
         if prefix is None:
             raise WeightsFormatError(
                 f"{weights.path}: ImageNet ResNet weights, but the model has no ResNet module"
@@ -180,7 +169,7 @@ def load_weights(
         loadable[name] = value
     model.load_state_dict(loadable, strict=False)
     report.loaded = sorted(loadable)
-    resnet = _resnet_module_prefix(target) or ""
+    resnet = find_resnet(target) or ""
     missing: dict[str, list[str]] = defaultdict(list)
     for name in target:
         if name not in loadable and not name.endswith("num_batches_tracked"):

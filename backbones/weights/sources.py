@@ -225,9 +225,9 @@ KNOWN_URLS: Mapping[str, str] = _KnownUrls()
 def source_of_url(url: str) -> str | None:
     """The source of a known Detectron2 model-zoo address, without downloading it (the record
     with the longest matching prefix in its ``urls``), None for other addresses."""
-    matches = [(prefix, s.name) for s in SOURCES.values() for prefix in s.urls]
-    matches = [(prefix, name) for prefix, name in matches if url.startswith(prefix)]
-    return max(matches, key=lambda m: len(m[0]))[1] if matches else None
+    table = _url_table()
+    matches = [prefix for prefix in table if url.startswith(prefix)]
+    return table[max(matches, key=len)] if matches else None
 
 
 # ---------------------------------------------------------------------------------------------
