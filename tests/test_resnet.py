@@ -298,3 +298,37 @@ def test_folded_frozen_bn_is_recomputed_when_weights_change():
     with torch.no_grad():
         assert torch.equal(model(x)["res5"], reference(other))
         assert model.double()(x.double())["res5"].dtype == torch.float64
+
+
+@pytest.mark.parametrize("depth", sorted(DEPTHS))
+def test_plain_net_has_no_shortcut_and_computes_the_residual_branch_alone(depth):
+    torch.manual_seed(0)
+    plain = tiny(depth, residual=False).eval()
+    residual = tiny(depth).eval()
+    plain_keys = set(plain.state_dict())
+    assert not any("shortcut" in key for key in plain_keys)
+    # Same convs and norms otherwise: the residual net's keys less its shortcuts.
+    assert plain_keys == {k for k in residual.state_dict() if "shortcut" not in k}
+    block = plain.res3[0]
+    x = torch.randn(1, block.in_channels, 16, 16)
+    with torch.no_grad():
+        # relu(branch(x)) with no shortcut: the convs in order, ReLU between and after.
+        convs = [m for n, m in block.named_children() if n.startswith("conv")]
+        branch = x
+        for conv in convs[:-1]:
+            branch = torch.relu(conv(branch))
+        torch.testing.assert_close(block(x), torch.relu(convs[-1](branch)))
+    plain(torch.randn(1, 3, 64, 64))["res5"].sum().backward()  # trains
+
+
+def test_plain_net_weights_rebuild_a_plain_net(tmp_path):
+    model = tiny(34, residual=False)
+    torch.save({"model": model.state_dict()}, tmp_path / "plain.pth")
+    rebuilt = make_resnet(weights=tmp_path / "plain.pth", norm="BN")
+    assert not rebuilt.res3[0].residual and rebuilt.res3[0].shortcut is None
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()
+
+
+def test_plain_net_refuses_zero_init_residual():
+    with pytest.raises(BackboneOptionError, match="zero_init_residual"):
+        tiny(18, residual=False, zero_init_residual=True)

@@ -39,6 +39,9 @@ def add_backbones_config(cfg: CN) -> CN:
     # ResNet-D's projection shortcuts: a 2x2 average pool, then a stride-1 1x1 conv (timm's
     # avg_down=True); same keys (resN.0.shortcut.*). Options: False (a strided 1x1 conv), True.
     cfg.BACKBONES.AVG_DOWN = False
+    # Shortcut connections. Options: True (ResNet); False (the paper's plain net, Sec. 4.1: the
+    # same convs and norms with no shortcut at all, for the degradation experiment).
+    cfg.BACKBONES.RESIDUAL = True
     # The optimizer of backbones.engine.Trainer. Options:
     #   "SGD": Detectron2's (SOLVER.BASE_LR, MOMENTUM, NESTEROV, WEIGHT_DECAY, ...);
     #   "AdamW": Loshchilov & Hutter (2019) with SOLVER.BASE_LR and SOLVER.WEIGHT_DECAY (norm and

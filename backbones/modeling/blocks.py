@@ -71,6 +71,7 @@ class ResidualBlock(CNNBlockBase):
         stride_in_1x1: bool,
         norm: Norm,
         avg_down: bool,
+        residual: bool = True,
     ) -> ResidualBlock:
         """One block of a stage. ``make_stages`` passes every option; a block type takes those it
         supports (the others are checked to be neutral before building).
@@ -85,12 +86,21 @@ class ResidualBlock(CNNBlockBase):
             stride_in_1x1: stride in the first 1x1 (MSRA) rather than the 3x3.
             norm: a norm name or ``channels -> nn.Module``.
             avg_down: ResNet-D's average-pool projection shortcut.
+            residual: False for the paper's plain net: the same convs, no shortcut at all.
         """
         raise NotImplementedError(f"{cls.__name__} does not implement from_stage")
 
     @property
     def last_norm(self) -> nn.Module:
         raise NotImplementedError(f"{type(self).__name__} does not declare last_norm")
+
+    def _add_shortcut(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``out`` plus the identity or the projection of ``x``; ``out`` alone in a plain net
+        (``residual=False``: no shortcut exists)."""
+        if not self.residual:
+            return out
+        out += x if self.shortcut is None else self.shortcut(x)
+        return out
 
 
 class BasicBlock(ResidualBlock):
@@ -106,10 +116,14 @@ class BasicBlock(ResidualBlock):
         stride: int = 1,
         norm: Norm = "BN",
         avg_down: bool = False,
+        residual: bool = True,
     ):
         super().__init__(in_channels, out_channels, stride)
-        self.shortcut = projection_shortcut(
-            in_channels, out_channels, stride, norm, avg_down=avg_down
+        self.residual = residual
+        self.shortcut = (
+            projection_shortcut(in_channels, out_channels, stride, norm, avg_down=avg_down)
+            if residual
+            else None
         )
         self.conv1 = conv_norm(in_channels, out_channels, 3, stride=stride, norm=norm)
         self.conv2 = conv_norm(out_channels, out_channels, 3, norm=norm)
@@ -127,9 +141,17 @@ class BasicBlock(ResidualBlock):
         stride_in_1x1: bool,
         norm: Norm,
         avg_down: bool,
+        residual: bool = True,
     ) -> BasicBlock:
         # No 1x1 and no bottleneck: make_resnet checked num_groups and dilation to be 1.
-        return cls(in_channels, out_channels, stride=stride, norm=norm, avg_down=avg_down)
+        return cls(
+            in_channels,
+            out_channels,
+            stride=stride,
+            norm=norm,
+            avg_down=avg_down,
+            residual=residual,
+        )
 
     @property
     def last_norm(self) -> nn.Module:
@@ -137,8 +159,7 @@ class BasicBlock(ResidualBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2(F.relu_(self.conv1(x)))
-        out += x if self.shortcut is None else self.shortcut(x)
-        return F.relu_(out)
+        return F.relu_(self._add_shortcut(out, x))
 
 
 class BottleneckBlock(ResidualBlock):
@@ -161,10 +182,16 @@ class BottleneckBlock(ResidualBlock):
         stride_in_1x1: bool = False,
         dilation: int = 1,
         avg_down: bool = False,
+        residual: bool = True,
     ):
         super().__init__(in_channels, out_channels, stride)
-        self.shortcut = projection_shortcut(
-            in_channels, out_channels, stride, norm, avg_down=avg_down, dilation=dilation
+        self.residual = residual
+        self.shortcut = (
+            projection_shortcut(
+                in_channels, out_channels, stride, norm, avg_down=avg_down, dilation=dilation
+            )
+            if residual
+            else None
         )
         # MSRA's original models stride in the first 1x1 conv; torchvision ("ResNet v1.5") and
         # FAIR's later models stride in the 3x3.
@@ -194,6 +221,7 @@ class BottleneckBlock(ResidualBlock):
         stride_in_1x1: bool,
         norm: Norm,
         avg_down: bool,
+        residual: bool = True,
     ) -> BottleneckBlock:
         return cls(
             in_channels,
@@ -205,6 +233,7 @@ class BottleneckBlock(ResidualBlock):
             stride_in_1x1=stride_in_1x1,
             dilation=dilation,
             avg_down=avg_down,
+            residual=residual,
         )
 
     @property
@@ -215,8 +244,7 @@ class BottleneckBlock(ResidualBlock):
         out = F.relu_(self.conv1(x))
         out = F.relu_(self.conv2(out))
         out = self.conv3(out)
-        out += x if self.shortcut is None else self.shortcut(x)
-        return F.relu_(out)
+        return F.relu_(self._add_shortcut(out, x))
 
 
 # Block types by the name a row of specs.DEPTHS gives.

@@ -36,6 +36,7 @@ CFG_KEYS = {
     "stem_type": "BACKBONES.STEM_TYPE",
     "stem_width": "BACKBONES.STEM_WIDTH",
     "avg_down": "BACKBONES.AVG_DOWN",
+    "residual": "BACKBONES.RESIDUAL",
     "in_features": "MODEL.FPN.IN_FEATURES",
     "out_channels": "MODEL.FPN.OUT_CHANNELS",
     "fpn_norm": "MODEL.FPN.NORM",
@@ -96,6 +97,7 @@ def resnet_options(cfg: CfgNode, input_shape: ShapeSpec) -> dict[str, Any]:
         stem_type=cfg.BACKBONES.STEM_TYPE,
         stem_width=cfg.BACKBONES.STEM_WIDTH,
         avg_down=cfg.BACKBONES.AVG_DOWN,
+        residual=cfg.BACKBONES.RESIDUAL,
     )
 
 

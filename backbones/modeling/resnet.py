@@ -34,6 +34,7 @@ ARCHITECTURE_DEFAULTS: dict[str, Any] = dict(
     res2_out_channels=None,  # 64 for basic blocks, 256 for bottlenecks
     stride_in_1x1=True,
     avg_down=False,
+    residual=True,
 )
 
 
@@ -136,6 +137,7 @@ def make_stages(
     res5_dilation: int,
     norm: Norm,
     avg_down: bool = False,
+    residual: bool = True,
 ) -> list[list[ResidualBlock]]:
     """The blocks of res2..res5 (widths double at every stage), each from
     ``block_class.from_stage`` (Detectron2's ``ResNet.make_stage`` takes a block class too)."""
@@ -159,6 +161,7 @@ def make_stages(
                     stride_in_1x1=stride_in_1x1,
                     norm=norm,
                     avg_down=avg_down,
+                    residual=residual,
                 )
             )
             in_channels = out_channels
@@ -186,6 +189,7 @@ def make_resnet(
     memory_format: str = "channels_last",
     zero_init_residual: bool = False,
     avg_down: bool | None = None,
+    residual: bool | None = None,
     weights: str | os.PathLike | Weights | None = None,
 ) -> ResNet:
     """Build a ResNet / ResNeXt of the given depth without any config, optionally with weights.
@@ -216,6 +220,8 @@ def make_resnet(
         zero_init_residual: start each block as identity by zeroing its last norm's scale.
         avg_down: ResNet-D's projection shortcuts: a 2x2 average pool, then a stride-1 1x1 conv
             (timm's ``avg_down=True``); the keys stay ``resN.0.shortcut.*``.
+        residual: False builds the paper's plain network (Sec. 4.1, "Plain Networks"): the same
+            convs and norms, with no shortcut at all (no ``shortcut`` parameters exist).
         weights: a weights file of any source in :mod:`backbones.weights` (torchvision, timm,
             Detectron2, MSRA/FAIR Caffe2), or a :class:`~backbones.weights.Weights` already read
             (``read_weights(path, trusted=True)`` for a pickle that needs more than arrays).
@@ -237,6 +243,7 @@ def make_resnet(
         res2_out_channels=res2_out_channels,
         stride_in_1x1=stride_in_1x1,
         avg_down=avg_down,
+        residual=residual,
     )
     arch = architecture_options(given, ARCHITECTURE_DEFAULTS, weights)
     depth, in_channels, num_groups = arch["depth"], arch["in_channels"], arch["num_groups"]
@@ -247,12 +254,22 @@ def make_resnet(
     )
     stem_out_channels, res2_out_channels = arch["stem_out_channels"], arch["res2_out_channels"]
     stride_in_1x1, avg_down = arch["stride_in_1x1"], arch["avg_down"]
+    residual = arch["residual"]
     check_choice("depth", depth, DEPTHS)
     if isinstance(norm, str):
         check_choice("norm", norm, NORMS)
     check_choice("res5_dilation", res5_dilation, (1, 2))
     check_choice("stem_type", stem_type, STEM_TYPES)
     check_choice("avg_down", avg_down, (False, True))
+    check_choice("residual", residual, (True, False))
+    if zero_init_residual and not residual:
+        raise BackboneOptionError(
+            "zero_init_residual",
+            zero_init_residual,
+            "False",
+            "a plain net (residual=False) has no shortcut: zeroing a block's last scale would "
+            "cut the signal",
+        )
     kind = DEPTHS[depth].block
     block_class = BLOCK_TYPES[kind]
     why = f"depth {depth} uses {kind} blocks"
@@ -285,6 +302,7 @@ def make_resnet(
         res5_dilation=res5_dilation,
         norm=norm,
         avg_down=avg_down,
+        residual=residual,
     )
     if zero_init_residual:
         for block in (block for stage in stages for block in stage):

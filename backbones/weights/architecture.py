@@ -35,7 +35,7 @@ def infer_architecture(resnet_state: Mapping[str, torch.Tensor]) -> dict[str, An
     Returns:
         a dict with what the tensors show: ``depth``, ``in_channels``, ``stem_out_channels``,
         ``res2_out_channels``, bottleneck ``num_groups`` / ``width_per_group``, deep-stem
-        ``stem_type`` / ``stem_width``. Empty where the names are not a ResNet's.
+        ``stem_type`` / ``stem_width``, ``residual`` (False: a plain net). Empty where the names are not a ResNet's.
     """
     arch: dict[str, Any] = {}
     if "stem.conv1.weight" not in resnet_state:
@@ -66,4 +66,7 @@ def infer_architecture(resnet_state: Mapping[str, torch.Tensor]) -> dict[str, An
     elif "res2.0.conv2.weight" in resnet_state:
         arch["res2_out_channels"] = int(resnet_state["res2.0.conv2.weight"].shape[0])
     arch["blocks_per_stage"] = counts
+    if "res3.0.conv1.weight" in resnet_state:
+        # res3's first block changes the shape: a residual net projects its shortcut there.
+        arch["residual"] = "res3.0.shortcut.weight" in resnet_state
     return arch
