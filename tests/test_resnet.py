@@ -300,6 +300,24 @@ def test_folded_frozen_bn_is_recomputed_when_weights_change():
         assert model.double()(x.double())["res5"].dtype == torch.float64
 
 
+@pytest.mark.parametrize("memory_format", ["channels_last", "contiguous"])
+def test_traced_frozen_bn_reads_the_current_parameters(memory_format):
+    """A trace records the fold from the parameters, never the eager cache as constants: even
+    after a cached eager run, tracing twice agrees (check_trace), loading other weights into the
+    traced module gives their outputs, and the traced module converts to float64."""
+    torch.manual_seed(0)
+    model = randomize_(tiny(50, norm="FrozenBN", memory_format=memory_format)).eval()
+    other = randomize_(tiny(50, norm="FrozenBN", memory_format=memory_format), seed=1).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(x)  # fills the eager fold cache
+        traced = torch.jit.trace(model, x, strict=False)  # check_trace traces a second time
+        torch.testing.assert_close(traced(x)["res5"], model(x)["res5"])
+        traced.load_state_dict(other.state_dict())
+        torch.testing.assert_close(traced(x)["res5"], other(x)["res5"])
+        assert traced.double()(x.double())["res5"].dtype == torch.float64
+
+
 @pytest.mark.parametrize("depth", sorted(DEPTHS))
 def test_plain_net_has_no_shortcut_and_computes_the_residual_branch_alone(depth):
     torch.manual_seed(0)

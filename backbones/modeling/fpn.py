@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from detectron2.layers import get_norm
+from detectron2.modeling.backbone import FPN as D2FPN
 from detectron2.modeling.backbone import Backbone
 from fvcore.nn import weight_init
 from torch import nn
@@ -39,8 +40,14 @@ class LastLevelMaxPool(nn.Module):
         return [F.max_pool2d(x, kernel_size=1, stride=2, padding=0)]
 
 
-class FPN(Backbone):
+class FPN(D2FPN):
     """Top-down pathway with lateral 1x1 and output 3x3 convs, plus an optional top block.
+
+    A Detectron2 ``FPN`` to every check Detectron2 code makes: ``isinstance``, ``bottom_up``,
+    ``in_features``, ``lateral_convs`` / ``output_convs`` (coarsest level first, as Detectron2
+    orders them), ``top_block``, ``_fuse_type``, ``size_divisibility``, ``padding_constraints``.
+    Its convs fold a frozen norm (:class:`ConvNorm`), its inputs are checked with named errors,
+    and its forward is unrolled so TorchScript compiles it without renaming keys.
 
     Args:
         bottom_up: a backbone whose outputs include ``in_features``.
@@ -49,7 +56,13 @@ class FPN(Backbone):
         norm: ``""`` (convs with bias, the paper's FPN) or a norm name (bias-free convs).
         top_block: extra coarser levels computed from its ``in_feature`` (``LastLevelMaxPool``).
         fuse_type: ``"sum"`` or ``"avg"`` of lateral and upsampled top-down features.
+        square_pad: if > 0, images are padded to this square size (Detectron2's ``square_pad``,
+            read from ``padding_constraints`` by the meta-architecture).
     """
+
+    # TorchScript: Detectron2's Python lists of the conv modules (registered as fpn_lateral{s},
+    # fpn_output{s}); scripting them would add ``lateral_convs.N.*`` keys.
+    __jit_ignored_attributes__ = ["lateral_convs", "output_convs"]
 
     def __init__(
         self,
@@ -60,8 +73,11 @@ class FPN(Backbone):
         norm: str = "",
         top_block: nn.Module | None = None,
         fuse_type: str = "sum",
+        square_pad: int = 0,
     ):
-        super().__init__()
+        # Detectron2's FPN.__init__ is not run: it builds plain Conv2d and asserts on bad input.
+        # The attributes it sets are set below, with the same names and meanings.
+        Backbone.__init__(self)
         check_choice("fuse_type", fuse_type, FUSE_TYPES)
         if norm:
             check_choice("norm", norm, NORMS)
@@ -89,6 +105,7 @@ class FPN(Backbone):
             )
         self.bottom_up = bottom_up
         self.in_features = tuple(in_features)
+        lateral_convs, output_convs = [], []
         for name, level in zip(in_features, levels):
             lateral = ConvNorm(
                 shapes[name].channels,
@@ -109,6 +126,10 @@ class FPN(Backbone):
             weight_init.c2_xavier_fill(output)
             self.add_module(f"fpn_lateral{level}", lateral)
             self.add_module(f"fpn_output{level}", output)
+            lateral_convs.append(lateral)
+            output_convs.append(output)
+        self.lateral_convs = lateral_convs[::-1]
+        self.output_convs = output_convs[::-1]
         self.top_block = top_block
         self._out_feature_strides = {f"p{int(math.log2(s))}": s for s in strides}
         if top_block is not None:
@@ -118,11 +139,8 @@ class FPN(Backbone):
         self._out_features = list(self._out_feature_strides)
         self._out_feature_channels = {name: out_channels for name in self._out_features}
         self._size_divisibility = strides[-1]
-        self._fuse_avg = fuse_type == "avg"
-
-    @property
-    def size_divisibility(self) -> int:
-        return self._size_divisibility
+        self._square_pad = square_pad
+        self._fuse_type = fuse_type
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """
@@ -165,7 +183,7 @@ class FPN(Backbone):
         if top_down is None:
             return lateral
         fused = lateral + F.interpolate(top_down, scale_factor=2.0, mode="nearest")
-        return fused / 2 if self._fuse_avg else fused
+        return fused / 2 if self._fuse_type == "avg" else fused
 
 
 def make_resnet_fpn(

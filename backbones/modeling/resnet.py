@@ -1,4 +1,4 @@
-"""The ResNet / ResNeXt backbone (He et al., 2015; Xie et al., 2017), a Detectron2 ``Backbone``."""
+"""The ResNet / ResNeXt backbone (He et al., 2015; Xie et al., 2017), a Detectron2 ``ResNet``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 from detectron2.layers import CNNBlockBase
-from detectron2.modeling.backbone import Backbone
+from detectron2.modeling.backbone import ResNet as D2ResNet
 from torch import nn
 
 from ..errors import BackboneOptionError, check_choice
@@ -38,8 +38,13 @@ ARCHITECTURE_DEFAULTS: dict[str, Any] = dict(
 )
 
 
-class ResNet(Backbone):
+class ResNet(D2ResNet):
     """A stem and residual stages ``res2``..``res5``, returning the features in ``out_features``.
+
+    A Detectron2 ``ResNet`` to every check Detectron2 code makes: ``isinstance``, ``stem``,
+    ``stages`` / ``stage_names``, ``num_classes`` (None: no classifier), ``freeze()``,
+    ``make_stage``; built by Detectron2's constructor, with checked options, a memory format and a
+    forward that TorchScript compiles without renaming keys.
 
     Args:
         stem: the stem block (its ``stride`` and ``out_channels`` are read).
@@ -51,6 +56,10 @@ class ResNet(Backbone):
         memory_format: ``"channels_last"`` or ``"contiguous"``, for weights and activations.
     """
 
+    # TorchScript: ``stages`` is Detectron2's Python list of the stage modules (already
+    # registered as res2..res5); scripting it would add ``stages.N.*`` keys.
+    __jit_ignored_attributes__ = ["stages"]
+
     def __init__(
         self,
         stem: CNNBlockBase,
@@ -60,30 +69,21 @@ class ResNet(Backbone):
         freeze_at: int = 0,
         memory_format: str = "channels_last",
     ):
-        super().__init__()
         if not out_features:
             raise ValueError("out_features is empty; choose among " + ", ".join(FEATURE_NAMES))
         for name in out_features:
             check_choice("out_features", name, FEATURE_NAMES[: len(stages) + 1])
         check_choice("freeze_at", freeze_at, range(len(stages) + 2))
         check_choice("memory_format", memory_format, MEMORY_FORMATS)
-        self.stem = stem
-        stride = stem.stride
-        self._out_feature_strides = {"stem": stride}
-        self._out_feature_channels = {"stem": stem.out_channels}
-        num_stages = max(FEATURE_NAMES.index(name) for name in out_features)
-        # The stem and the stages are the only children, in order: forward() runs them in that
-        # order (a loop TorchScript unrolls), and their names are the state-dict prefixes.
-        for name, blocks in zip(STAGE_NAMES, stages[:num_stages]):
-            self.add_module(name, nn.Sequential(*blocks))
-            for block in blocks:
-                stride *= block.stride
-            self._out_feature_strides[name] = stride
-            self._out_feature_channels[name] = blocks[-1].out_channels
-        self.stage_names = STAGE_NAMES[:num_stages]
-        self._out_features = list(out_features)
+        # Registers stem, res2.. (only up to the last stage in out_features), in that order: the
+        # state-dict prefixes, and the order forward() runs the children in; then freezes.
+        super().__init__(
+            stem,
+            [list(blocks) for blocks in stages],
+            out_features=list(out_features),
+            freeze_at=freeze_at,
+        )
         self.memory_format = memory_format
-        self.freeze(freeze_at)
         if memory_format == "channels_last":
             self.to(memory_format=torch.channels_last)
 
@@ -101,28 +101,12 @@ class ResNet(Backbone):
         if self.memory_format == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
         outputs: dict[str, torch.Tensor] = {}
-        for name, module in self.named_children():  # stem, res2, ...
+        # stem, res2, ...: a loop TorchScript unrolls (it cannot iterate Detectron2's list).
+        for name, module in self.named_children():
             x = module(x)
             if name in self._out_features:
                 outputs[name] = x
         return outputs
-
-    __jit_unused_properties__ = ["stages"]  # TorchScript: a Python-side helper only
-
-    @property
-    def stages(self) -> list[nn.Sequential]:
-        """The built stages, res2 first."""
-        return [getattr(self, name) for name in self.stage_names]
-
-    def freeze(self, freeze_at: int = 0) -> "ResNet":
-        """Freeze the stem (``freeze_at >= 1``) and the stages res2..res{freeze_at}."""
-        if freeze_at >= 1:
-            self.stem.freeze()
-        for index, stage in enumerate(self.stages, start=2):
-            if freeze_at >= index:
-                for block in stage.children():
-                    block.freeze()
-        return self
 
 
 def make_stages(
