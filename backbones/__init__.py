@@ -1,8 +1,9 @@
 """ResNet / ResNeXt backbones with FPN for Detectron2 (He et al., 2015, "Deep Residual Learning").
 
-Importing the package registers ``backbones_build_resnet_backbone`` and
-``backbones_build_resnet_fpn_backbone`` in Detectron2's ``BACKBONE_REGISTRY``, and the embedded
-datasets ``shapes_train`` / ``shapes_val`` (generated on first use) in its ``DatasetCatalog``.
+Importing the package registers ``backbones_build_resnet_backbone``,
+``backbones_build_resnet_fpn_backbone`` and ``backbones_build_retinanet_resnet_fpn_backbone`` in
+Detectron2's ``BACKBONE_REGISTRY``, and the embedded datasets ``shapes_train`` / ``shapes_val``
+(generated on first use) in its ``DatasetCatalog``.
 
 Subpackages, each importing only those before it (docs/design.md): ``specs``/``errors`` (data)
 -> ``weights`` -> ``modeling`` -> ``config`` -> ``checkpoint``, ``data``, ``evaluation`` ->
@@ -24,10 +25,12 @@ from .modeling import (
     BottleneckBlock,
     DeepStem,
     LastLevelMaxPool,
+    LastLevelP6P7,
     ResidualBlock,
     ResNet,
     backbones_build_resnet_backbone,
     backbones_build_resnet_fpn_backbone,
+    backbones_build_retinanet_resnet_fpn_backbone,
     make_resnet,
     make_resnet_fpn,
 )
@@ -48,6 +51,7 @@ __all__ = [
     "ResNet",
     "FPN",
     "LastLevelMaxPool",
+    "LastLevelP6P7",
     "ResidualBlock",
     "BasicBlock",
     "BottleneckBlock",
@@ -63,6 +67,7 @@ __all__ = [
     "load_cfg",
     "backbones_build_resnet_backbone",
     "backbones_build_resnet_fpn_backbone",
+    "backbones_build_retinanet_resnet_fpn_backbone",
     "Trainer",
     # data
     "register_coco_dataset",

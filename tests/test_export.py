@@ -205,3 +205,13 @@ def test_cli_writes_onnx_fpn(tmp_path):
     assert "outputs p2, p3, p4, p5, p6" in out
     diff = float(out.split("max abs diff vs eager on (2, 3, 64, 96): ")[1].split()[0])
     assert diff <= 1e-3
+
+
+def test_scripting_keeps_keys_after_detectron2_export_patches_its_classes():
+    """Importing detectron2.export gives Detectron2's ResNet and FPN a __prepare_scriptable__
+    that scripts a copy with ModuleLists (renaming keys); ours, their subclasses, opt out."""
+    import detectron2.export  # noqa: F401  (applies the patch)
+
+    model = make_resnet_fpn(**CASES["R50-BN"], out_channels=16).eval()
+    scripted = script_backbone(model)
+    assert list(scripted.state_dict()) == list(model.state_dict())

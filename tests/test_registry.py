@@ -65,7 +65,8 @@ def test_freeze_at_and_input_channels_come_from_the_config():
         ("NORM", "BatchNorm", r"MODEL\.RESNETS\.NORM='BatchNorm' .*'FrozenBN', 'BN', 'SyncBN'"),
         ("RES5_DILATION", 3, r"MODEL\.RESNETS\.RES5_DILATION=3 .*allowed: 1, 2"),
         ("OUT_FEATURES", ["res9"], r"MODEL\.RESNETS\.OUT_FEATURES='res9'"),
-        ("DEFORM_ON_PER_STAGE", [False, False, True, True], r"DEFORM_ON_PER_STAGE.*_C"),
+        ("DEFORM_ON_PER_STAGE", [False, True], r"DEFORM_ON_PER_STAGE=\[False, True\] .*four"),
+        ("DEFORM_NUM_GROUPS", 0, r"MODEL\.RESNETS\.DEFORM_NUM_GROUPS=0 .*positive integer"),
     ],
 )
 def test_bad_config_values_name_the_key(key, value, message):

@@ -42,6 +42,23 @@ def add_backbones_config(cfg: CN) -> CN:
     # Shortcut connections. Options: True (ResNet); False (the paper's plain net, Sec. 4.1: the
     # same convs and norms with no shortcut at all, for the degradation experiment).
     cfg.BACKBONES.RESIDUAL = True
+    # Output stride of the ResNet. Options: 0 (from MODEL.RESNETS.RES5_DILATION: 32, or 16 with
+    # dilation 2); 32; 16 (res5 dilated by 2); 8 (res4 dilated by 2, res5 by 4), as DeepLab and
+    # MMDetection's `dilations`. A RES5_DILATION that contradicts it is an error naming both.
+    cfg.BACKBONES.OUTPUT_STRIDE = 0
+    # Stochastic depth (Huang et al., 2016): the rate at which the last block's residual branch is
+    # dropped in training, earlier blocks linearly less (timm's drop_path_rate). Options: a
+    # number in [0, 1); 0 turns it off. Identity in eval.
+    cfg.BACKBONES.DROP_PATH_RATE = 0.0
+    # Gradient checkpointing: the stages whose blocks are recomputed in the backward pass instead
+    # of keeping their activations (less memory, the same gradients, ~1/3 more compute). Options:
+    # a list of stage names among res2, res3, res4, res5; [] for none.
+    cfg.BACKBONES.GRAD_CHECKPOINTING = []
+    # Blocks per stage instead of MODEL.RESNETS.DEPTH, for depth ablations beyond the table.
+    # Options: [] (use MODEL.RESNETS.DEPTH) or four positive integers, e.g. [2, 3, 4, 2].
+    cfg.BACKBONES.STAGE_BLOCKS = []
+    # The block of BACKBONES.STAGE_BLOCKS. Options: "bottleneck", "basic" (unused without them).
+    cfg.BACKBONES.BLOCK_TYPE = "bottleneck"
     # The optimizer of backbones.engine.Trainer. Options:
     #   "SGD": Detectron2's (SOLVER.BASE_LR, MOMENTUM, NESTEROV, WEIGHT_DECAY, ...);
     #   "AdamW": Loshchilov & Hutter (2019) with SOLVER.BASE_LR and SOLVER.WEIGHT_DECAY (norm and

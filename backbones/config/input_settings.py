@@ -25,6 +25,15 @@ INPUT_KEYS = {
     "MODEL.RESNETS.STRIDE_IN_1X1": "stride_in_1x1",
 }
 INPUT_FROM_WEIGHTS = ("auto", "off")
+# Config keys of the architecture facts a weights file shows, with the make_resnet argument each
+# comes from (as make_resnet(weights=...) takes them from the file): timm's ResNet-D has a deep
+# stem and avg-down shortcuts, a plain net has no shortcut.
+ARCHITECTURE_KEYS = {
+    "BACKBONES.STEM_TYPE": "stem_type",
+    "BACKBONES.STEM_WIDTH": "stem_width",
+    "BACKBONES.AVG_DOWN": "avg_down",
+    "BACKBONES.RESIDUAL": "residual",
+}
 
 
 class InputSettingsError(ValueError):
@@ -59,9 +68,18 @@ def config_origins(config_file: str = "", opts: Sequence[str] = ()) -> dict[str,
     return origins
 
 
+class _KeysLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads ``!!python/...`` values as None, running nothing: only the
+    keys matter here (Detectron2 loads the values). Detectron2's zoo Base-RetinaNet.yaml writes
+    ``ANCHOR_GENERATOR.SIZES`` as ``!!python/object/apply:eval``, which safe_load refuses."""
+
+
+_KeysLoader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader, suffix, node: None)
+
+
 def _yaml_origins(path: str, origins: dict[str, str], prefix: str = "") -> None:
     with PathManager.open(path, "r") as f:
-        data = yaml.safe_load(f) or {}
+        data = yaml.load(f, Loader=_KeysLoader) or {}
     bases = data.pop("_BASE_", None) or []
     for base in [bases] if isinstance(bases, str) else bases:
         base = os.path.expanduser(base)
@@ -118,17 +136,24 @@ def weights_source(cfg: CfgNode) -> tuple[str, InputSettings | None] | None:
     Known Detectron2 zoo addresses are answered without downloading; other addresses are
     fetched through Detectron2's PathManager (as loading them would).
     """
+    found = _weights_facts(cfg)
+    return None if found is None else found[:2]
+
+
+def _weights_facts(cfg: CfgNode) -> tuple[str, InputSettings | None, dict[str, Any]] | None:
+    """:func:`weights_source` and the architecture the file shows (empty for zoo addresses,
+    whose architecture is the config's own)."""
     url = cfg.MODEL.WEIGHTS
     if not url:
         return None
     source = source_of_url(url)
     if source is not None:
-        return source, SOURCES[source].input
+        return source, SOURCES[source].input, {}
     path = url if os.path.isfile(url) else PathManager.get_local_path(url)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.WEIGHTS: weights file not found: {url}")
     weights = _read_ahead(path, cfg.BACKBONES.TRUST_WEIGHTS_FILE)
-    return weights.origin, weights.input
+    return weights.origin, weights.input, weights.architecture
 
 
 def apply_input_settings(cfg: CfgNode, origins: Mapping[str, str]) -> list[str]:
@@ -137,7 +162,9 @@ def apply_input_settings(cfg: CfgNode, origins: Mapping[str, str]) -> list[str]:
     With ``BACKBONES.INPUT_FROM_WEIGHTS "auto"``, each of ``INPUT.FORMAT``,
     ``MODEL.PIXEL_MEAN``, ``MODEL.PIXEL_STD`` and ``MODEL.RESNETS.STRIDE_IN_1X1`` that the user
     did not set (absent from ``origins``) takes the value of the weights' source; one the user
-    set to another value is an error. ``"off"`` keeps the config as it is.
+    set to another value is an error. So do the architecture facts the file shows
+    (:data:`ARCHITECTURE_KEYS`: deep stem, avg-down, shortcuts), as ``make_resnet(weights=...)``
+    takes them. ``"off"`` keeps the config as it is.
 
     Returns:
         "KEY: value" lines for the keys it set.
@@ -150,15 +177,22 @@ def apply_input_settings(cfg: CfgNode, origins: Mapping[str, str]) -> list[str]:
         raise InputSettingsError(
             f"BACKBONES.INPUT_FROM_WEIGHTS is {mode!r}; options: {', '.join(INPUT_FROM_WEIGHTS)}"
         )
-    found = weights_source(cfg) if mode == "auto" else None
-    if not found or found[1] is None:
+    found = _weights_facts(cfg) if mode == "auto" else None
+    if not found:
         return []
-    source, settings = found
+    source, settings, architecture = found
+    wanted_values = {
+        key: architecture[attr] for key, attr in ARCHITECTURE_KEYS.items() if attr in architecture
+    }
+    if settings is not None:
+        for key, attr in INPUT_KEYS.items():
+            if key == "MODEL.RESNETS.STRIDE_IN_1X1" and not _has_strided_1x1(cfg):
+                continue  # e.g. basic blocks: no 1x1 conv, any value builds the same network
+            wanted_values[key] = getattr(settings, attr)
+    if architecture.get("stem_type") != "deep":
+        wanted_values.pop("BACKBONES.STEM_WIDTH", None)  # unused by the basic stem
     changed, conflicts = [], []
-    for key, attr in INPUT_KEYS.items():
-        if key == "MODEL.RESNETS.STRIDE_IN_1X1" and not _has_strided_1x1(cfg):
-            continue  # e.g. basic blocks: no 1x1 conv, any value builds the same network
-        wanted = getattr(settings, attr)
+    for key, wanted in wanted_values.items():
         node, leaf = _node(cfg, key)
         current = node[leaf]
         if _same(current, wanted):
@@ -173,18 +207,20 @@ def apply_input_settings(cfg: CfgNode, origins: Mapping[str, str]) -> list[str]:
         changed.append(f"{key}: {_show(wanted)}")
     if conflicts:
         fix = " ".join(
-            f"{key} {_cli(getattr(settings, attr))}"
-            for key, attr in INPUT_KEYS.items()
+            f"{key} {_cli(wanted)}"
+            for key, wanted in wanted_values.items()
             if any(c.startswith(key + " ") for c in conflicts)
         )
         raise InputSettingsError(
             f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} ({source}) was trained with other input "
-            "settings than the config's:\n  " + "\n  ".join(conflicts) + f"\nSet them "
+            "settings or architecture than the config's:\n  "
+            + "\n  ".join(conflicts)
+            + f"\nSet them "
             f"(e.g. on the command line: {fix}), or set BACKBONES.INPUT_FROM_WEIGHTS off to "
             "keep yours."
         )
     if changed:
-        logger.info("Input settings of %s weights: %s", source, "; ".join(changed))
+        logger.info("Input settings and architecture of %s weights: %s", source, "; ".join(changed))
     return changed
 
 

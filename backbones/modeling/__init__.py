@@ -7,21 +7,31 @@ Extension points: a block type is a :class:`ResidualBlock` subclass plus one ent
 
 from .blocks import (
     BLOCK_TYPES,
+    DEFORM_BLOCK_TYPES,
     STEM_TYPES,
     BasicBlock,
     BasicStem,
     BottleneckBlock,
     DeepStem,
+    DeformBottleneckBlock,
     ResidualBlock,
 )
-from .build import backbones_build_resnet_backbone, backbones_build_resnet_fpn_backbone
-from .fpn import FPN, TOP_BLOCKS, LastLevelMaxPool, make_resnet_fpn
-from .layers import NORMS, ConvNorm
-from .resnet import MEMORY_FORMATS, ResNet, make_resnet
+from .build import (
+    backbones_build_resnet_backbone,
+    backbones_build_resnet_fpn_backbone,
+    backbones_build_retinanet_resnet_fpn_backbone,
+)
+from .constructors import ARCHITECTURE_DEFAULTS, OUTPUT_STRIDES, make_resnet, make_stages
+from .fpn import FPN, TOP_BLOCKS, LastLevelMaxPool, LastLevelP6P7, make_resnet_fpn
+from .layers import NORMS, ConvNorm, DeformConvNorm
+from .resnet import MEMORY_FORMATS, ResNet
 
 __all__ = [
+    "ARCHITECTURE_DEFAULTS",
     "BLOCK_TYPES",
+    "DEFORM_BLOCK_TYPES",
     "MEMORY_FORMATS",
+    "OUTPUT_STRIDES",
     "NORMS",
     "STEM_TYPES",
     "TOP_BLOCKS",
@@ -30,12 +40,17 @@ __all__ = [
     "BottleneckBlock",
     "ConvNorm",
     "DeepStem",
+    "DeformBottleneckBlock",
+    "DeformConvNorm",
     "FPN",
     "LastLevelMaxPool",
+    "LastLevelP6P7",
     "ResNet",
     "ResidualBlock",
     "backbones_build_resnet_backbone",
     "backbones_build_resnet_fpn_backbone",
+    "backbones_build_retinanet_resnet_fpn_backbone",
     "make_resnet",
     "make_resnet_fpn",
+    "make_stages",
 ]

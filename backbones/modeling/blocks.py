@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase
 from torch import nn
 
-from .layers import Norm, conv_norm, projection_shortcut
+from .layers import DeformConvNorm, Norm, conv_norm, drop_path, projection_shortcut
 
 
 class ResidualBlock(CNNBlockBase):
@@ -58,6 +58,12 @@ class ResidualBlock(CNNBlockBase):
         "strided_1x1",
     ]
 
+    def __init__(self, in_channels: int, out_channels: int, stride: int, *, residual: bool = True):
+        super().__init__(in_channels, out_channels, stride)
+        self.residual = residual
+        # Stochastic depth rate of the residual branch (make_stages sets it; 0: none).
+        self.drop_path = 0.0
+
     @classmethod
     def from_stage(
         cls,
@@ -96,17 +102,22 @@ class ResidualBlock(CNNBlockBase):
 
     def _add_shortcut(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``out`` plus the identity or the projection of ``x``; ``out`` alone in a plain net
-        (``residual=False``: no shortcut exists)."""
+        (``residual=False``: no shortcut exists). In training, stochastic depth drops ``out``
+        per sample at rate ``drop_path``."""
         if not self.residual:
             return out
+        out = drop_path(out, self.drop_path, self.training)
         out += x if self.shortcut is None else self.shortcut(x)
         return out
 
 
 class BasicBlock(ResidualBlock):
-    """Two 3x3 convs and a shortcut (projection when the shape changes): ResNet-18/34."""
+    """Two 3x3 convs and a shortcut (projection when the shape changes): ResNet-18/34.
+
+    In a dilated stage (output stride 16 or 8) both 3x3 convs dilate, as MMDetection's."""
 
     config_res2_out_channels = 64
+    dilatable = True
 
     def __init__(
         self,
@@ -115,18 +126,22 @@ class BasicBlock(ResidualBlock):
         *,
         stride: int = 1,
         norm: Norm = "BN",
+        dilation: int = 1,
         avg_down: bool = False,
         residual: bool = True,
     ):
-        super().__init__(in_channels, out_channels, stride)
-        self.residual = residual
+        super().__init__(in_channels, out_channels, stride, residual=residual)
         self.shortcut = (
-            projection_shortcut(in_channels, out_channels, stride, norm, avg_down=avg_down)
+            projection_shortcut(
+                in_channels, out_channels, stride, norm, avg_down=avg_down, dilation=dilation
+            )
             if residual
             else None
         )
-        self.conv1 = conv_norm(in_channels, out_channels, 3, stride=stride, norm=norm)
-        self.conv2 = conv_norm(out_channels, out_channels, 3, norm=norm)
+        self.conv1 = conv_norm(
+            in_channels, out_channels, 3, stride=stride, dilation=dilation, norm=norm
+        )
+        self.conv2 = conv_norm(out_channels, out_channels, 3, dilation=dilation, norm=norm)
 
     @classmethod
     def from_stage(
@@ -143,12 +158,13 @@ class BasicBlock(ResidualBlock):
         avg_down: bool,
         residual: bool = True,
     ) -> BasicBlock:
-        # No 1x1 and no bottleneck: make_resnet checked num_groups and dilation to be 1.
+        # No 1x1 and no bottleneck: make_resnet checked num_groups to be 1.
         return cls(
             in_channels,
             out_channels,
             stride=stride,
             norm=norm,
+            dilation=dilation,
             avg_down=avg_down,
             residual=residual,
         )
@@ -184,8 +200,7 @@ class BottleneckBlock(ResidualBlock):
         avg_down: bool = False,
         residual: bool = True,
     ):
-        super().__init__(in_channels, out_channels, stride)
-        self.residual = residual
+        super().__init__(in_channels, out_channels, stride, residual=residual)
         self.shortcut = (
             projection_shortcut(
                 in_channels, out_channels, stride, norm, avg_down=avg_down, dilation=dilation
@@ -247,11 +262,125 @@ class BottleneckBlock(ResidualBlock):
         return F.relu_(self._add_shortcut(out, x))
 
 
+class DeformBottleneckBlock(BottleneckBlock):
+    """A bottleneck whose 3x3 is deformable (DCNv1, Dai et al., 2017) or modulated deformable
+    (DCNv2, Zhu et al., 2019): Detectron2's ``DeformBottleneckBlock`` on torchvision's kernel.
+
+    Names as Detectron2's, so its DCN checkpoints load: ``conv2`` (a :class:`DeformConvNorm`)
+    and ``conv2_offset`` (a plain 3x3 conv with bias predicting ``2 * 9`` offsets per deformable
+    group, plus 9 mask logits for DCNv2), zero-initialised as in Detectron2, so the block starts
+    as the plain bottleneck. Detectron2's keys ``MODEL.RESNETS.DEFORM_ON_PER_STAGE``,
+    ``DEFORM_MODULATED`` and ``DEFORM_NUM_GROUPS`` choose it.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        bottleneck_channels: int,
+        stride: int = 1,
+        num_groups: int = 1,
+        norm: Norm = "BN",
+        stride_in_1x1: bool = False,
+        dilation: int = 1,
+        avg_down: bool = False,
+        residual: bool = True,
+        modulated: bool = False,
+        deform_num_groups: int = 1,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            bottleneck_channels=bottleneck_channels,
+            stride=stride,
+            num_groups=num_groups,
+            norm=norm,
+            stride_in_1x1=stride_in_1x1,
+            dilation=dilation,
+            avg_down=avg_down,
+            residual=residual,
+        )
+        stride_3x3 = 1 if stride_in_1x1 else stride
+        self.modulated = modulated
+        # Offsets (dy, dx) for each of the 9 taps per deformable group, then the mask logits.
+        self.num_offsets = 2 * 9 * deform_num_groups
+        self.conv2_offset = nn.Conv2d(
+            bottleneck_channels,
+            (27 if modulated else 18) * deform_num_groups,
+            kernel_size=3,
+            stride=stride_3x3,
+            padding=dilation,
+            dilation=dilation,
+        )
+        nn.init.zeros_(self.conv2_offset.weight)
+        nn.init.zeros_(self.conv2_offset.bias)
+        conv2 = DeformConvNorm(
+            bottleneck_channels,
+            bottleneck_channels,
+            kernel_size=3,
+            stride=stride_3x3,
+            padding=dilation,
+            dilation=dilation,
+            groups=num_groups,
+            bias=False,
+            norm=self.conv2.norm,
+        )
+        conv2.weight = self.conv2.weight  # the MSRA-initialised 3x3 of the plain bottleneck
+        self.conv2 = conv2
+
+    @classmethod
+    def from_stage(
+        cls,
+        in_channels: int,
+        out_channels: int,
+        *,
+        stride: int,
+        dilation: int,
+        bottleneck_channels: int,
+        num_groups: int,
+        stride_in_1x1: bool,
+        norm: Norm,
+        avg_down: bool,
+        residual: bool = True,
+        modulated: bool = False,
+        deform_num_groups: int = 1,
+    ) -> DeformBottleneckBlock:
+        return cls(
+            in_channels,
+            out_channels,
+            bottleneck_channels=bottleneck_channels,
+            stride=stride,
+            num_groups=num_groups,
+            norm=norm,
+            stride_in_1x1=stride_in_1x1,
+            dilation=dilation,
+            avg_down=avg_down,
+            residual=residual,
+            modulated=modulated,
+            deform_num_groups=deform_num_groups,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu_(self.conv1(x))
+        offset = self.conv2_offset(out)
+        if self.modulated:
+            mask = offset[:, self.num_offsets :].sigmoid()
+            out = self.conv2(out, offset[:, : self.num_offsets], mask)
+        else:
+            out = self.conv2(out, offset, None)
+        out = self.conv3(F.relu_(out))
+        return F.relu_(self._add_shortcut(out, x))
+
+
 # Block types by the name a row of specs.DEPTHS gives.
 BLOCK_TYPES: dict[str, type[ResidualBlock]] = {
     "basic": BasicBlock,
     "bottleneck": BottleneckBlock,
 }
+# The deformable variant of a block type, for the stages in MODEL.RESNETS.DEFORM_ON_PER_STAGE
+# (Detectron2 has none for basic blocks).
+DEFORM_BLOCK_TYPES: dict[str, type[ResidualBlock]] = {"bottleneck": DeformBottleneckBlock}
 
 
 class BasicStem(CNNBlockBase):

@@ -1,7 +1,8 @@
 """Registry glue: the only code that reads a config. Registers the builders into Detectron2.
 
 Registered names (``MODEL.BACKBONE.NAME``), prefixed so they never clash with Detectron2's own:
-``backbones_build_resnet_backbone`` and ``backbones_build_resnet_fpn_backbone``.
+``backbones_build_resnet_backbone``, ``backbones_build_resnet_fpn_backbone`` and
+``backbones_build_retinanet_resnet_fpn_backbone``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY
 from ..errors import BackboneOptionError
 from ..specs import DEPTHS
 from .blocks import BLOCK_TYPES
+from .constructors import UNTRAINED_FROZEN_BN, make_resnet
 from .fpn import FPN, make_resnet_fpn
-from .resnet import ResNet, make_resnet
+from .resnet import ResNet
 
 # Constructor argument -> the config key it comes from, to name the key in errors.
 CFG_KEYS = {
@@ -37,6 +39,14 @@ CFG_KEYS = {
     "stem_width": "BACKBONES.STEM_WIDTH",
     "avg_down": "BACKBONES.AVG_DOWN",
     "residual": "BACKBONES.RESIDUAL",
+    "output_stride": "BACKBONES.OUTPUT_STRIDE",
+    "drop_path_rate": "BACKBONES.DROP_PATH_RATE",
+    "grad_checkpointing": "BACKBONES.GRAD_CHECKPOINTING",
+    "stage_blocks": "BACKBONES.STAGE_BLOCKS",
+    "block_type": "BACKBONES.BLOCK_TYPE",
+    "deform_on_per_stage": "MODEL.RESNETS.DEFORM_ON_PER_STAGE",
+    "deform_modulated": "MODEL.RESNETS.DEFORM_MODULATED",
+    "deform_num_groups": "MODEL.RESNETS.DEFORM_NUM_GROUPS",
     "in_features": "MODEL.FPN.IN_FEATURES",
     "out_channels": "MODEL.FPN.OUT_CHANNELS",
     "fpn_norm": "MODEL.FPN.NORM",
@@ -52,20 +62,17 @@ def resnet_options(cfg: CfgNode, input_shape: ShapeSpec) -> dict[str, Any]:
             "cfg has no BACKBONES node: call backbones.add_backbones_config(cfg) before "
             "merging a config that uses the backbones_* builders"
         )
-    r = cfg.MODEL.RESNETS
-    if any(r.DEFORM_ON_PER_STAGE):
-        raise BackboneOptionError(
-            "MODEL.RESNETS.DEFORM_ON_PER_STAGE",
-            list(r.DEFORM_ON_PER_STAGE),
-            "[False, False, False, False]",
-            "deformable convs need detectron2._C",
-        )
-    block_class = BLOCK_TYPES[DEPTHS[r.DEPTH].block] if r.DEPTH in DEPTHS else None
-    required = block_class.config_res2_out_channels if block_class else None
+    r, ours = cfg.MODEL.RESNETS, cfg.BACKBONES
+    stage_blocks = tuple(ours.STAGE_BLOCKS) or None
+    if stage_blocks is None and r.DEPTH in DEPTHS:
+        kind, which = DEPTHS[r.DEPTH].block, f"depth {r.DEPTH}"
+    else:
+        kind, which = ours.BLOCK_TYPE, f"BACKBONES.BLOCK_TYPE {ours.BLOCK_TYPE!r}"
+    required = BLOCK_TYPES[kind].config_res2_out_channels if kind in BLOCK_TYPES else None
     if required is not None and r.RES2_OUT_CHANNELS != required:
         # Detectron2's rule for R18/R34 configs: the default 256 is the bottleneck width.
         raise BackboneOptionError(
-            CFG_KEYS["res2_out_channels"], r.RES2_OUT_CHANNELS, str(required), f"depth {r.DEPTH}"
+            CFG_KEYS["res2_out_channels"], r.RES2_OUT_CHANNELS, str(required), which
         )
     if r.NORM == "FrozenBN" and not cfg.MODEL.WEIGHTS:
         warnings.warn(
@@ -81,7 +88,9 @@ def resnet_options(cfg: CfgNode, input_shape: ShapeSpec) -> dict[str, Any]:
             stacklevel=2,
         )
     return dict(
-        depth=r.DEPTH,
+        depth=None if stage_blocks else r.DEPTH,
+        stage_blocks=stage_blocks,
+        block_type=ours.BLOCK_TYPE if stage_blocks else None,
         in_channels=input_shape.channels,
         num_groups=r.NUM_GROUPS,
         width_per_group=r.WIDTH_PER_GROUP,
@@ -98,12 +107,21 @@ def resnet_options(cfg: CfgNode, input_shape: ShapeSpec) -> dict[str, Any]:
         stem_width=cfg.BACKBONES.STEM_WIDTH,
         avg_down=cfg.BACKBONES.AVG_DOWN,
         residual=cfg.BACKBONES.RESIDUAL,
+        output_stride=ours.OUTPUT_STRIDE or None,
+        drop_path_rate=ours.DROP_PATH_RATE,
+        grad_checkpointing=tuple(ours.GRAD_CHECKPOINTING),
+        deform_on_per_stage=tuple(r.DEFORM_ON_PER_STAGE),
+        deform_modulated=r.DEFORM_MODULATED,
+        deform_num_groups=r.DEFORM_NUM_GROUPS,
     )
 
 
 def _with_cfg_keys(build, **kwargs):
     try:
-        return build(**kwargs)
+        with warnings.catch_warnings():
+            # resnet_options warned with config keys; MODEL.WEIGHTS is loaded after building.
+            warnings.filterwarnings("ignore", f".*{UNTRAINED_FROZEN_BN}")
+            return build(**kwargs)
     except BackboneOptionError as error:
         raise error.renamed(CFG_KEYS.get(error.option, error.option)) from None
 
@@ -125,5 +143,23 @@ def backbones_build_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) ->
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         fpn_norm=cfg.MODEL.FPN.NORM,
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        **options,
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def backbones_build_retinanet_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
+    """ResNet + FPN for RetinaNet (P3-P7 with the zoo's ``MODEL.FPN.IN_FEATURES``: P6 and P7 by
+    strided 3x3 convs, P6 from res5): Detectron2's ``build_retinanet_resnet_fpn_backbone``, from
+    ``MODEL.RESNETS.*`` and ``MODEL.FPN.*``."""
+    options = resnet_options(cfg, input_shape)
+    options.pop("out_features")  # the FPN's inputs decide what the ResNet returns
+    return _with_cfg_keys(
+        make_resnet_fpn,
+        in_features=tuple(cfg.MODEL.FPN.IN_FEATURES),
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        fpn_norm=cfg.MODEL.FPN.NORM,
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        top_block="p6p7",
         **options,
     )

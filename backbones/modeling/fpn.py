@@ -1,18 +1,20 @@
-"""Feature Pyramid Network over a bottom-up backbone (Lin et al., 2017, "Feature Pyramid Networks").
+"""Feature Pyramid Network over a bottom-up backbone (Lin et al., 2017, "Feature Pyramid Networks"),
+with the top blocks of Faster/Mask R-CNN (P6 by max-pool) and RetinaNet (P6, P7 by strided convs;
+Lin et al., 2017, "Focal Loss for Dense Object Detection").
 
 Module names match Detectron2's ``FPN`` (``fpn_lateral{s}``, ``fpn_output{s}``, ``bottom_up``,
-``top_block``) so that its checkpoints load unchanged.
+``top_block``, ``top_block.p6``, ``top_block.p7``) so that its checkpoints load unchanged.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import get_norm
 from detectron2.modeling.backbone import FPN as D2FPN
 from detectron2.modeling.backbone import Backbone
 from fvcore.nn import weight_init
@@ -20,11 +22,13 @@ from torch import nn
 
 from ..errors import BackboneOptionError, check_choice
 from ..weights import Weights, architecture_options, load_weights, read_weights
-from .layers import NORMS, ConvNorm
-from .resnet import ARCHITECTURE_DEFAULTS, STAGE_NAMES, make_resnet
+from .constructors import ARCHITECTURE_DEFAULTS, UNTRAINED_FROZEN_BN, make_resnet
+from .layers import NORMS, ConvNorm, norm_layer
+from .resnet import STAGE_NAMES
 
 FUSE_TYPES = ("sum", "avg")
-TOP_BLOCKS = ("maxpool", None)
+# make_resnet_fpn(top_block=...): "maxpool" (Faster/Mask R-CNN: P6), "p6p7" (RetinaNet: P6, P7).
+TOP_BLOCKS = ("maxpool", "p6p7", None)
 
 
 class LastLevelMaxPool(nn.Module):
@@ -38,6 +42,34 @@ class LastLevelMaxPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [F.max_pool2d(x, kernel_size=1, stride=2, padding=0)]
+
+
+class LastLevelP6P7(nn.Module):
+    """P6 and P7 of RetinaNet: a 3x3 stride-2 conv on ``in_feature``, then another on relu(P6).
+
+    The paper computes P6 from C5 (``res5``) rather than P5; Detectron2's ``LastLevelP6P7`` does
+    the same, and this module has its names (``p6``, ``p7``, ``in_feature``, ``num_levels``), its
+    plain biased convs and their ``c2_xavier_fill`` init, so RetinaNet checkpoints load strictly.
+
+    Args:
+        in_channels: channels of ``in_feature`` (2048 for an R-50's ``res5``).
+        out_channels: channels of P6 and P7 (the FPN's).
+        in_feature: the bottom-up feature (``res5``) or FPN output (``p5``) P6 is computed from.
+    """
+
+    num_levels = 2
+
+    def __init__(self, in_channels: int, out_channels: int, *, in_feature: str = "res5"):
+        super().__init__()
+        self.in_feature = in_feature
+        self.p6 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
+        self.p7 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=2, padding=1)
+        weight_init.c2_xavier_fill(self.p6)
+        weight_init.c2_xavier_fill(self.p7)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        p6 = self.p6(x)
+        return [p6, self.p7(F.relu(p6))]
 
 
 class FPN(D2FPN):
@@ -54,7 +86,8 @@ class FPN(D2FPN):
         in_features: contiguous input features, high to low resolution (``res2``..``res5``).
         out_channels: channels of every output level.
         norm: ``""`` (convs with bias, the paper's FPN) or a norm name (bias-free convs).
-        top_block: extra coarser levels computed from its ``in_feature`` (``LastLevelMaxPool``).
+        top_block: extra coarser levels computed from its ``in_feature`` (``LastLevelMaxPool``,
+            ``LastLevelP6P7``), a bottom-up feature or an FPN output.
         fuse_type: ``"sum"`` or ``"avg"`` of lateral and upsampled top-down features.
         square_pad: if > 0, images are padded to this square size (Detectron2's ``square_pad``,
             read from ``padding_constraints`` by the meta-architecture).
@@ -112,7 +145,7 @@ class FPN(D2FPN):
                 out_channels,
                 kernel_size=1,
                 bias=not norm,
-                norm=get_norm(norm, out_channels),
+                norm=norm_layer(norm, out_channels),
             )
             output = ConvNorm(
                 out_channels,
@@ -120,7 +153,7 @@ class FPN(D2FPN):
                 kernel_size=3,
                 padding=1,
                 bias=not norm,
-                norm=get_norm(norm, out_channels),
+                norm=norm_layer(norm, out_channels),
             )
             weight_init.c2_xavier_fill(lateral)
             weight_init.c2_xavier_fill(output)
@@ -142,14 +175,20 @@ class FPN(D2FPN):
         self._square_pad = square_pad
         self._fuse_type = fuse_type
 
+    def __prepare_scriptable__(self) -> "FPN":
+        """TorchScript takes this module as it is: its forward scripts without renaming keys.
+        (Importing ``detectron2.export`` patches Detectron2's FPN to script a copy with the
+        lateral and output convs in ``ModuleList``s, which renames the state-dict keys.)"""
+        return self
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """
         Args:
             x: images ``(N, C, H, W)``, H and W multiples of ``size_divisibility``.
 
         Returns:
-            ``p2``..``p5`` (strides 4..32, one per input feature) and ``p6`` (stride 64) from the
-            top block, high to low resolution.
+            ``p2``..``p5`` (strides 4..32, one per input feature), then the top block's levels
+            (``p6``, stride 64; ``p6``, ``p7`` for ``LastLevelP6P7``), high to low resolution.
         """
         bottom_up = self.bottom_up(x)
         features = [bottom_up[name] for name in self.in_features]
@@ -205,7 +244,9 @@ def make_resnet_fpn(
         out_channels: channels of every pyramid level.
         fpn_norm: norm of the FPN convs, ``""`` for none (with bias).
         fuse_type: ``"sum"`` or ``"avg"``.
-        top_block: ``"maxpool"`` adds P6 by subsampling P5 (Faster/Mask R-CNN); None adds nothing.
+        top_block: ``"maxpool"`` adds P6 by subsampling the last level (Faster/Mask R-CNN);
+            ``"p6p7"`` adds P6 and P7 by strided 3x3 convs (RetinaNet), P6 from ``res5`` when it
+            is an input, else from the last level; None adds nothing.
         weights: as in :func:`make_resnet` (it decides the architecture options left None); an
             ImageNet file fills the ResNet, a Detectron2 detector checkpoint the FPN too, with
             one report.
@@ -213,7 +254,9 @@ def make_resnet_fpn(
             TypeError); ``out_features`` is set to ``in_features``.
 
     Returns:
-        an :class:`FPN`, whose ``output_shape()`` is ``p2``..``p6`` with strides 4..64.
+        an :class:`FPN`, whose ``output_shape()`` is ``p2``..``p6`` with strides 4..64 (by
+        default; ``p3``..``p7``, strides 8..128, for RetinaNet's ``in_features=("res3", "res4",
+        "res5"), top_block="p6p7"``).
     """
     check_choice("top_block", top_block, TOP_BLOCKS)
     if weights is not None:
@@ -225,14 +268,16 @@ def make_resnet_fpn(
         given["depth"] = depth
         resnet_options.update(architecture_options(given, ARCHITECTURE_DEFAULTS, weights))
         depth = resnet_options.pop("depth")
-    bottom_up = make_resnet(depth, out_features=tuple(in_features), **resnet_options)
-    last_level = int(math.log2(bottom_up.output_shape()[in_features[-1]].stride))
+    with warnings.catch_warnings():
+        if weights is not None:  # loaded below, into the whole FPN
+            warnings.filterwarnings("ignore", f".*{UNTRAINED_FROZEN_BN}")
+        bottom_up = make_resnet(depth, out_features=tuple(in_features), **resnet_options)
     fpn = FPN(
         bottom_up,
         in_features,
         out_channels,
         norm=fpn_norm,
-        top_block=LastLevelMaxPool(f"p{last_level}") if top_block == "maxpool" else None,
+        top_block=_make_top_block(top_block, bottom_up, in_features, out_channels),
         fuse_type=fuse_type,
     )
     if bottom_up.memory_format == "channels_last":  # the FPN's convs follow the ResNet's layout
@@ -240,3 +285,21 @@ def make_resnet_fpn(
     if weights is not None:
         load_weights(fpn, weights)
     return fpn
+
+
+def _make_top_block(
+    name: str | None, bottom_up: Backbone, in_features: Sequence[str], out_channels: int
+) -> nn.Module | None:
+    """The top block ``name`` of :data:`TOP_BLOCKS` over the FPN's last level."""
+    shapes = bottom_up.output_shape()
+    last_level = f"p{int(math.log2(shapes[in_features[-1]].stride))}"
+    if name == "maxpool":
+        return LastLevelMaxPool(last_level)
+    if name == "p6p7":
+        # Detectron2's RetinaNet builder: P6 from res5 (in_channels_p6p7 = res5's channels). An
+        # FPN without res5 has no C5 to start from: P6 then comes from its last level, as
+        # LastLevelMaxPool's does.
+        if "res5" in in_features:
+            return LastLevelP6P7(shapes["res5"].channels, out_channels, in_feature="res5")
+        return LastLevelP6P7(out_channels, out_channels, in_feature=last_level)
+    return None

@@ -35,7 +35,9 @@ def infer_architecture(resnet_state: Mapping[str, torch.Tensor]) -> dict[str, An
     Returns:
         a dict with what the tensors show: ``depth``, ``in_channels``, ``stem_out_channels``,
         ``res2_out_channels``, bottleneck ``num_groups`` / ``width_per_group``, deep-stem
-        ``stem_type`` / ``stem_width``, ``residual`` (False: a plain net). Empty where the names are not a ResNet's.
+        ``stem_type`` / ``stem_width``, ``residual`` (False: a plain net); ``stage_blocks`` and
+        ``block_type`` for blocks per stage that no depth of the table has. Empty where the
+        names are not a ResNet's.
     """
     arch: dict[str, Any] = {}
     if "stem.conv1.weight" not in resnet_state:
@@ -58,6 +60,8 @@ def infer_architecture(resnet_state: Mapping[str, torch.Tensor]) -> dict[str, An
     for depth, spec in DEPTHS.items():
         if spec.block == block and spec.blocks_per_stage == counts:
             arch["depth"] = depth
+    if "depth" not in arch and all(counts):
+        arch.update(stage_blocks=counts, block_type=block)  # a depth beyond the table
     if bottleneck:
         conv2 = resnet_state["res2.0.conv2.weight"]
         groups = int(conv2.shape[0]) // int(conv2.shape[1])
