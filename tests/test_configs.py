@@ -24,7 +24,7 @@ ZOO_DIR = Path(model_zoo.get_config_file("Base-RCNN-FPN.yaml")).parent
 # {detector}_{preset}[_{design}][_{schedule}]: the COCO configs (1x without a schedule, FPN
 # without a design); the shapes configs (`mrcnn_r18_shapes`) are named for their data instead.
 NAME = re.compile(
-    r"(?P<detector>frcnn|mrcnn)_(?P<preset>r\d+|x101_32x8d)"
+    r"(?P<detector>frcnn|mrcnn|retinanet)_(?P<preset>r\d+|x101_32x8d)"
     r"(?:_(?P<design>c4|dc5))?(?:_(?P<schedule>3x))?"
 )
 COCO = [p for p in LEAVES if NAME.fullmatch(p.stem)]
@@ -52,6 +52,10 @@ ZOO = {
     "mrcnn_x101_32x8d_3x.yaml": "COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x.yaml",
     "mrcnn_r50_c4.yaml": "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml",
     "mrcnn_r101_c4_3x.yaml": "COCO-InstanceSegmentation/mask_rcnn_R_101_C4_3x.yaml",
+    "Base-RetinaNet.yaml": "Base-RetinaNet.yaml",
+    "retinanet_r50.yaml": "COCO-Detection/retinanet_R_50_FPN_1x.yaml",
+    "retinanet_r50_3x.yaml": "COCO-Detection/retinanet_R_50_FPN_3x.yaml",
+    "retinanet_r101_3x.yaml": "COCO-Detection/retinanet_R_101_FPN_3x.yaml",
 }
 
 # What each schedule of Detectron2's zoo trains for (batch 16): (SOLVER.STEPS, SOLVER.MAX_ITER).
@@ -69,6 +73,7 @@ def zoo_name(stem: str) -> str:
     folder, detector = {
         "frcnn": ("COCO-Detection", "faster_rcnn"),
         "mrcnn": ("COCO-InstanceSegmentation", "mask_rcnn"),
+        "retinanet": ("COCO-Detection", "retinanet"),
     }[m["detector"]]
     preset = re.sub(r"^([rx])", lambda kind: kind[1].upper() + "_", m["preset"])  # X_101_32x8d
     design = {"c4": "C4", "dc5": "DC5", None: "FPN"}[m["design"]]
@@ -89,6 +94,7 @@ def flatten(node: dict, stem: str = "") -> dict[str, object]:
 def test_the_configs_users_start_from_exist():
     names = {p.stem for p in LEAVES}
     assert {"frcnn_r50", "frcnn_r101", "mrcnn_r50", "mrcnn_r101", "mrcnn_r18_shapes"} <= names
+    assert "retinanet_r50" in names
 
 
 def test_the_depth_ladder_and_the_papers_designs_exist():
@@ -104,14 +110,15 @@ def test_the_depth_ladder_and_the_papers_designs_exist():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_merges_and_builds_on_cpu(path):
     cfg = load_cfg(str(path), ["MODEL.DEVICE", "cpu"])
-    if path.name.startswith("Base-RCNN"):
+    if path.name.startswith(("Base-RCNN", "Base-RetinaNet")):
         # The base alone has no weights: with FrozenBN and FREEZE_AT 2 that deserves a warning.
         with pytest.warns(UserWarning, match="no MODEL.WEIGHTS"):
             model = build_model(cfg)
     else:
         model = build_model(cfg)
     assert cfg.MODEL.BACKBONE.NAME.startswith("backbones_")
-    if isinstance(model.roi_heads, Res5ROIHeads):  # C4: res5 is the per-RoI head
+    roi_heads = getattr(model, "roi_heads", None)  # None: RetinaNet, one stage
+    if isinstance(roi_heads, Res5ROIHeads):  # C4: res5 is the per-RoI head
         assert isinstance(model.backbone, ResNet)
         assert list(model.backbone.output_shape()) == ["res4"]
         res5 = model.roi_heads.res5[-1].out_channels
@@ -120,7 +127,7 @@ def test_config_merges_and_builds_on_cpu(path):
         assert isinstance(resnet, ResNet)
         res5 = resnet.output_shape()["res5"].channels
     assert res5 == (512 if cfg.MODEL.RESNETS.DEPTH < 50 else 2048)
-    assert hasattr(model.roi_heads, "mask_head") == cfg.MODEL.MASK_ON
+    assert hasattr(roi_heads, "mask_head") == cfg.MODEL.MASK_ON
     assert all(p.device == torch.device("cpu") for p in model.parameters())
 
 
@@ -158,16 +165,21 @@ def test_coco_configs_build_what_their_names_say(path):
     assert (r.DEPTH, r.NUM_GROUPS, r.WIDTH_PER_GROUP) == (int(m["preset"][1:4]), groups, width)
     assert int(weights["depth"]) == r.DEPTH
     assert (int(weights["groups"] or 1), int(weights["width"] or 64)) == (groups, width)
-    # The design: FPN, C4 (res5 runs per RoI in Res5ROIHeads) or DC5 (dilated res5).
+    # The design: FPN, C4 (res5 runs per RoI in Res5ROIHeads) or DC5 (dilated res5); RetinaNet's
+    # FPN (P3-P7) feeds its dense head, with no RoI heads.
     fpn = m["design"] is None
-    assert cfg.MODEL.BACKBONE.NAME == f"backbones_build_resnet{'_fpn' if fpn else ''}_backbone"
     heads, features, dilation = {
         None: ("StandardROIHeads", ["p2", "p3", "p4", "p5"], 1),
         "c4": ("Res5ROIHeads", ["res4"], 1),
         "dc5": ("StandardROIHeads", ["res5"], 2),
     }[m["design"]]
-    assert cfg.MODEL.ROI_HEADS.NAME == heads
-    assert list(cfg.MODEL.ROI_HEADS.IN_FEATURES) == features
+    if m["detector"] == "retinanet":
+        assert cfg.MODEL.BACKBONE.NAME == "backbones_build_retinanet_resnet_fpn_backbone"
+        assert list(cfg.MODEL.RETINANET.IN_FEATURES) == ["p3", "p4", "p5", "p6", "p7"]
+    else:
+        assert cfg.MODEL.BACKBONE.NAME == f"backbones_build_resnet{'_fpn' if fpn else ''}_backbone"
+        assert cfg.MODEL.ROI_HEADS.NAME == heads
+        assert list(cfg.MODEL.ROI_HEADS.IN_FEATURES) == features
     assert r.RES5_DILATION == dilation
     if m["design"] is not None:
         assert list(r.OUT_FEATURES) == features
