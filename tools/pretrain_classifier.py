@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Pretrain a ResNet as an image classifier (He et al., 2015, Sec. 3.4) and write its weights for
+detectors: OUTPUT/model_final.pth loads into make_resnet(weights=...) and MODEL.WEIGHTS with its
+architecture and input settings.
+
+Data: the embedded synthetic set by default (100 classes of textured shapes, 64 px, generated on
+first use), an ImageFolder tree with --data DIR (DIR/train/<class>/*, DIR/val/<class>/*:
+ImageNet's layout), or CIFAR-10's python batches with --cifar DIR. Any make_resnet option goes
+last as KEY VALUE pairs. OUTPUT gets model_final.pth, metrics.json (one line per evaluation),
+training_curve.png, checkpoint.pth and run.json. Examples::
+
+    tools/pretrain_classifier.py --depth 18 --output output/pretrain/r18
+    tools/pretrain_classifier.py --depth 50 --output output/pretrain/x50 num_groups 32
+    tools/pretrain_classifier.py --depth 50 --data /data/imagenet --num-gpus 8 --output out/r50
+    tools/pretrain_classifier.py --depth 18 --output output/pretrain/r18 --resume   # continue
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+
+# Printed when Detectron2 is imported, through torch: nothing to do with this tool's input.
+warnings.filterwarnings(
+    "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
+)
+
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from backbones.analysis.pretrain_plots import TrainingCurveWriter  # noqa: E402
+from backbones.data.classification import ClassificationDataError  # noqa: E402
+from backbones.engine.classifier import parse_resnet_options  # noqa: E402
+from backbones.engine.pretrain import pretrain  # noqa: E402
+from backbones.engine.pretrain_run import (  # noqa: E402
+    PretrainRun,
+    Recipe,
+    ResumeError,
+    add_pretrain_arguments,
+    pretrain_settings,
+)
+from backbones.errors import BackboneOptionError  # noqa: E402
+from backbones.specs import DEPTHS  # noqa: E402
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--depth", type=int, required=True, choices=sorted(DEPTHS))
+    parser.add_argument(
+        "--stop-at",
+        type=int,
+        metavar="ITER",
+        help="stop after ITER iterations with a checkpoint, for --resume later (jobs with limits)",
+    )
+    add_pretrain_arguments(parser, Recipe())
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="make_resnet options, e.g. num_groups 32 stem_type deep avg_down True norm GN",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logger(name="backbones")
+    try:
+        data, recipe = pretrain_settings(args)
+        run = PretrainRun(
+            args.output,
+            args.depth,
+            data=data,
+            recipe=recipe,
+            resnet_options=parse_resnet_options(args.opts),
+            resume=args.resume,
+            stop_at=args.stop_at,
+            after_eval=TrainingCurveWriter(title=f"ResNet-{args.depth}, {data.describe()}"),
+        )
+        result = pretrain(run, num_gpus=args.num_gpus)
+    except (BackboneOptionError, ClassificationDataError, ResumeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if result.already_finished:
+        print(f"{args.output} had finished: nothing to do")
+    last = result.records[-1] if result.records else None
+    if last is not None:
+        print(
+            f"iteration {last['iter']}: val top-1 error {last['val_error']:.2f}%, "
+            f"top-5 {last['val_top5_error']:.2f}%"
+        )
+    if result.finished:
+        print(f"weights: {result.weights}")
+    else:
+        print(f"stopped at iteration {result.iteration} of {result.max_iter}: --resume continues")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
