@@ -2,9 +2,13 @@
 """Train or evaluate an R-CNN with our ResNet-FPN backbones: Detectron2's ``train_net.py`` CLI.
 
 Runs on GPUs or on CPU (``MODEL.DEVICE cpu``, the default without CUDA; ``--num-gpus N`` then
-starts N CPU processes). Examples::
+starts N CPU processes), with the processes started here, by torchrun or by SLURM's srun
+(docs/training-at-scale.md). A mistake (a config file, a key, the data, the weights, the
+processes) ends with one ``error:`` line and exit status 2 or 1; ``--debug`` shows the
+traceback (docs/troubleshooting.md). Examples::
 
     tools/train_net.py --config-file configs/frcnn_r50.yaml --num-gpus 8
+    torchrun --nproc_per_node 8 tools/train_net.py --config-file configs/frcnn_r50.yaml
     tools/train_net.py --config-file cfg.yaml --resume                     # continue a training
     tools/train_net.py --config-file cfg.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
     tools/train_net.py --config-file cfg.yaml --dataset my_train train.json images/ \
@@ -13,41 +17,73 @@ starts N CPU processes). Examples::
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
+import warnings
 
-from detectron2.config import CfgNode
-from detectron2.engine import default_argument_parser
-from detectron2.evaluation import verify_results
-from detectron2.utils import comm
+# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
+warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
 
-from backbones import BackbonesCheckpointer, Trainer, load_cfg
-from backbones.engine import launch, setup
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+from datetime import timedelta  # noqa: E402
+from typing import Any  # noqa: E402
+
+from detectron2.config import CfgNode  # noqa: E402
+from detectron2.engine import default_argument_parser  # noqa: E402
+from detectron2.evaluation import verify_results  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+
+from backbones import BackbonesCheckpointer, Trainer, load_cfg  # noqa: E402
+from backbones.engine import launch, setup  # noqa: E402
+from backbones.engine.cli import (  # noqa: E402
+    check_datasets,
+    check_devices,
+    describe_launch,
+    plan_launch,
+    quiet_third_party_warnings,
+    training_batch,
+    user_errors,
+)
+from backbones.engine.config import ConfigError  # noqa: E402
+from backbones.engine.distributed import DEFAULT_RENDEZVOUS_TIMEOUT, detect_launch  # noqa: E402
+
+logger = logging.getLogger("backbones.train_net")
 
 
 def main(args: argparse.Namespace, cfg: CfgNode) -> Any:
     """Evaluate ``MODEL.WEIGHTS`` (``--eval-only``) or train with ``cfg``, composed once by the
     parent process; returns the evaluation results."""
-    cfg = setup(args, cfg)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        BackbonesCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
-        results = Trainer.test(cfg, model)
+    quiet_third_party_warnings()  # again: a started process begins with Python's filters
+    with user_errors(debug=args.debug):
+        cfg = setup(args, cfg)
         if comm.is_main_process():
-            verify_results(cfg, results)
-        return results
+            launcher = getattr(args, "launcher", "spawn")
+            world = (comm.get_world_size(), comm.get_local_size())
+            logger.info(describe_launch(cfg, launcher, *world, train=not args.eval_only))
+        if args.eval_only:
+            model = Trainer.build_model(cfg)
+            BackbonesCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(
+                cfg.MODEL.WEIGHTS, resume=args.resume
+            )
+            results = Trainer.test(cfg, model)
+            if comm.is_main_process():
+                verify_results(cfg, results)
+            return results
 
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Detectron2's arguments plus ``--dataset`` (``args.dataset``: triples that
-    :func:`load_cfg` appends to ``BACKBONES.COCO_DATASETS``)."""
+    :func:`load_cfg` appends to ``BACKBONES.COCO_DATASETS``), ``--dist-timeout`` and ``--debug``.
+
+    ``--num-gpus``, ``--num-machines``, ``--machine-rank`` and ``--dist-url`` are ``None`` when
+    not given: under torchrun or SLURM the launcher decides them.
+    """
     parser = default_argument_parser()
+    parser.set_defaults(num_gpus=None, num_machines=None, machine_rank=None, dist_url=None)
     parser.add_argument(
         "--dataset",
         nargs=3,
@@ -56,24 +92,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar=("NAME", "JSON", "IMAGE_ROOT"),
         help="register a COCO-format dataset under NAME for DATASETS.TRAIN/TEST (repeatable)",
     )
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_RENDEZVOUS_TIMEOUT.total_seconds(),
+        metavar="SECONDS",
+        help="how long the processes wait for each other to start (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of an error"
+    )
     return parser.parse_args(argv)
 
 
 def invoke_main() -> None:
+    quiet_third_party_warnings()
     args = parse_args()
     print("Command Line Args:", args)
-    # Composed once, here; the workers get it whole (datasets and input settings included).
-    cfg = load_cfg(args.config_file, args.opts, datasets=args.dataset)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args, cfg),
-        # The device decides between NCCL on GPUs and gloo CPU processes.
-        device=cfg.MODEL.DEVICE,
-    )
+    with user_errors(debug=args.debug):
+        if not args.config_file:
+            raise ConfigError(
+                "--config-file is required, e.g. --config-file configs/frcnn_r50.yaml "
+                "(configs/mrcnn_r18_shapes.yaml trains on a CPU without downloads)"
+            )
+        plan = plan_launch(
+            detect_launch(os.environ),
+            num_gpus=args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+        )
+        # Composed once, here; the workers get it whole (datasets and input settings included).
+        cfg = load_cfg(args.config_file, args.opts, datasets=args.dataset)
+        # The mistakes found now, before any process starts or model is built.
+        check_devices(plan, cfg.MODEL.DEVICE)
+        if not args.eval_only:
+            training_batch(cfg, plan.world_size)
+        check_datasets(cfg, train=not args.eval_only)
+        args.launcher = plan.launcher
+        launch(
+            main,
+            plan.local_world_size,
+            num_machines=plan.num_machines,
+            machine_rank=plan.machine_rank,
+            dist_url=args.dist_url,
+            args=(args, cfg),
+            # The device decides between NCCL on GPUs and gloo CPU processes.
+            device=cfg.MODEL.DEVICE,
+            launcher=plan,
+            rendezvous_timeout=timedelta(seconds=args.dist_timeout),
+        )
 
 
 if __name__ == "__main__":

@@ -4,10 +4,15 @@ overrides, extra datasets, and the input settings of ``MODEL.WEIGHTS``."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
-from collections.abc import Iterable, Sequence
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
 import torch
+import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_setup
 from detectron2.utils import comm
@@ -18,6 +23,14 @@ from ..data import register_datasets_from_cfg
 from ..data.coco import check_dataset_entry
 
 logger = logging.getLogger(__name__)
+
+# The configs of this repository, where a mistyped config file name is looked up.
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be composed: a missing or malformed file, an unknown key, a value of
+    the wrong type. The message names the culprit and the fix."""
 
 
 def load_cfg(
@@ -39,14 +52,19 @@ def load_cfg(
     Every tool and test composes its config here, once per process.
 
     Raises:
+        ConfigError: a missing or malformed config file, an unknown key (with the closest known
+            one), a value of the wrong type.
         ValueError, FileNotFoundError: a bad dataset entry (naming it) or file.
         backbones.config.InputSettingsError: a config input setting that contradicts the weights.
     """
     opts = list(opts or [])
     cfg = add_backbones_config(get_cfg())
     if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
+        _merge_file(cfg, config_file)
+    try:
+        cfg.merge_from_list(opts)
+    except (AssertionError, KeyError, ValueError) as e:  # yacs reports with all three
+        raise _explained(e, cfg, "in the KEY VALUE overrides", opts) from None
     extra = [list(check_dataset_entry("--dataset", entry)) for entry in datasets]
     if extra:
         cfg.BACKBONES.COCO_DATASETS = [list(e) for e in cfg.BACKBONES.COCO_DATASETS] + extra
@@ -54,10 +72,108 @@ def load_cfg(
     # Input settings follow the weights' source unless the YAML chain or opts set them.
     apply_input_settings(cfg, config_origins(config_file, opts))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using cpu", cfg.MODEL.DEVICE)
+        logger.warning(
+            "MODEL.DEVICE=%s but CUDA is not available here: using MODEL.DEVICE cpu instead "
+            "(set it to say so)",
+            cfg.MODEL.DEVICE,
+        )
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
+
+
+def _merge_file(cfg: CfgNode, config_file: str) -> None:
+    if not os.path.isfile(config_file):
+        similar = similar_config(config_file)
+        fix = f"did you mean {similar}?" if similar else "the configs are listed in docs/configs.md"
+        raise ConfigError(f"config file {config_file} does not exist; {fix}")
+    try:
+        cfg.merge_from_file(config_file)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{config_file} is not valid YAML: {' '.join(str(e).split())}") from None
+    except OSError as e:
+        base = _missing_base(config_file)
+        if base is None:
+            raise ConfigError(f"{config_file}: {e}") from None
+        raise ConfigError(
+            f"{config_file}: the _BASE_ file {base} does not exist (a _BASE_ path is relative to "
+            "the file that names it)"
+        ) from None
+    except (AssertionError, KeyError, ValueError) as e:
+        raise _explained(e, cfg, f"in {config_file}") from None
+
+
+def similar_config(path: str) -> str | None:
+    """The config file whose name is closest to ``path``'s, in its folder or in ``configs/``."""
+    found: dict[str, str] = {}
+    for folder in (os.path.dirname(path) or ".", str(CONFIGS_DIR)):
+        if os.path.isdir(folder):
+            for name in sorted(os.listdir(folder)):
+                if name.endswith((".yaml", ".yml")):
+                    found.setdefault(name, os.path.join(folder, name))
+    match = difflib.get_close_matches(os.path.basename(path), list(found), n=1, cutoff=0.6)
+    if not match:
+        return None
+    relative = os.path.relpath(found[match[0]])
+    return found[match[0]] if relative.startswith("..") else relative
+
+
+def _missing_base(config_file: str) -> str | None:
+    """The first file of the ``_BASE_`` chain of ``config_file`` that does not exist."""
+    path = config_file
+    while True:
+        try:
+            with open(path) as f:
+                base = (yaml.safe_load(f) or {}).get("_BASE_")
+        except (OSError, yaml.YAMLError, AttributeError):
+            return None
+        if not base:
+            return None
+        if not (os.path.isabs(base) or "://" in base):
+            base = os.path.join(os.path.dirname(path), base)
+        if not os.path.isfile(base):
+            return base
+        path = base
+
+
+def _keys(node: CfgNode, prefix: str = "") -> Iterator[str]:
+    for name, value in node.items():
+        if isinstance(value, CfgNode):
+            yield from _keys(value, f"{prefix}{name}.")
+        else:
+            yield prefix + name
+
+
+def _explained(error: Exception, cfg: CfgNode, where: str, opts: Sequence[str] = ()) -> Exception:
+    """yacs' error for an unknown key, a mistyped value or an odd override list as a
+    :class:`ConfigError` saying where and what to do; other errors unchanged."""
+    text = str(error.args[0]) if error.args else str(error)
+    unknown = re.fullmatch(r"Non-existent (?:config )?key: (\S+)", text)
+    if unknown:
+        key = unknown.group(1)
+        close = difflib.get_close_matches(key, list(_keys(cfg)), n=1, cutoff=0.7)
+        fix = (
+            f"did you mean {close[0]}?"
+            if close
+            else "the keys are Detectron2's (detectron2/config/defaults.py) and BACKBONES.* "
+            "(docs/configs.md)"
+        )
+        # yacs' own words first: they are what searches and older scripts know.
+        return ConfigError(f"Non-existent key: {key} ({where}); {fix}")
+    mismatch = re.fullmatch(
+        r"Type mismatch \(<class '(\w+)'> vs\. <class '\w+'>\) with values \((.*) vs\. (.*)\) "
+        r"for config key: (\S+)",
+        text,
+    )
+    if mismatch:
+        wanted, default, value, key = mismatch.groups()
+        return ConfigError(f"{key} {value} ({where}): must be of type {wanted}, like {default}")
+    if text.startswith("Override list has odd length"):
+        return ConfigError(
+            f"KEY VALUE overrides {' '.join(opts)}: an odd number of words; every key needs a "
+            "value (quote values with spaces: SOLVER.STEPS '(1000, 2000)')"
+        )
+    return error
 
 
 def setup(args: argparse.Namespace, cfg: CfgNode | None = None) -> CfgNode:

@@ -1,0 +1,355 @@
+"""What the command-line tools add around a training: the processes from the flags and the
+launcher's environment, the checks that find a user's mistakes before anything starts, one
+``error: ...`` line instead of a traceback for them, the start line, and no third-party
+deprecation noise."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlparse
+
+import torch
+import torch.multiprocessing as mp
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils import comm
+
+from ..config import InputSettingsError
+from ..data.coco import datasets_root
+from ..errors import BackboneOptionError
+from ..weights import WeightsFormatError
+from .config import ConfigError
+from .distributed import LaunchEnv, LaunchError, RendezvousError
+
+# ---------------------------------------------------------------------------------------------
+# Quiet by default
+
+# Third-party deprecation notices that a user of the tools can do nothing about, as
+# (message regex, category); never one of ours. pytest.ini keeps its own list for the tests.
+THIRD_PARTY_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    # fvcore and Detectron2 script functions while imported; the exporters trace on purpose.
+    (r"`torch\.jit\.\w+` is deprecated", FutureWarning),
+    # Detectron2's anchor generator calls torch.meshgrid without indexing=.
+    (r"torch\.meshgrid: in an upcoming release", UserWarning),
+    (r"pkg_resources is deprecated", UserWarning),
+    # DistributedDataParallel(broadcast_buffers=False), Detectron2's choice and the trainer's:
+    # torch says to keep it until its replacement can skip the first sync.
+    (r"`broadcast_buffers` is deprecated", FutureWarning),
+)
+# The same for log records, as (logger, message start).
+THIRD_PARTY_LOG_RECORDS: tuple[tuple[str, str], ...] = (
+    # Detectron2's ROIPooler asks torch.fx whether it is tracing.
+    ("torch.fx._symbolic_trace", "is_fx_tracing will return true"),
+    # Detectron2's environment report on a machine without CUDA (MODEL.DEVICE says so once).
+    ("torch.utils.cpp_extension", "No CUDA runtime is found"),
+)
+
+
+class _DropRecords(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.start)
+
+
+def quiet_third_party_warnings() -> None:
+    """Hide :data:`THIRD_PARTY_WARNINGS` and :data:`THIRD_PARTY_LOG_RECORDS` in this process.
+
+    For the tools' ``main`` (and each process they start), not for library code or tests. A
+    notice raised while Detectron2 is imported comes before any ``main``: a tool filters that
+    one first thing, as ``tools/train_net.py`` does.
+    """
+    for message, category in THIRD_PARTY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name, start in THIRD_PARTY_LOG_RECORDS:
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropRecords) and f.start == start for f in log.filters):
+            log.addFilter(_DropRecords(start))
+
+
+# ---------------------------------------------------------------------------------------------
+# The processes of a training
+
+LAUNCHER_NAMES = {
+    "spawn": "--num-gpus (processes started here)",
+    "torchrun": "torchrun",
+    "slurm": "SLURM (srun)",
+}
+# Each launcher's way of asking for N processes per machine.
+_PER_MACHINE = {
+    "spawn": "--num-gpus {n}",
+    "torchrun": "torchrun --nproc_per_node {n}",
+    "slurm": "srun --ntasks-per-node {n}",
+}
+
+
+def plan_launch(
+    env: LaunchEnv,
+    *,
+    num_gpus: int | None = None,
+    num_machines: int | None = None,
+    machine_rank: int | None = None,
+    dist_url: str | None = None,
+) -> LaunchEnv:
+    """The processes of a training, from the launcher's environment ``env``
+    (:func:`~backbones.engine.distributed.detect_launch`) and the command's flags (``None``:
+    not given).
+
+    Under torchrun or SLURM, ``env`` itself, and the flags given must agree with it. Otherwise
+    ``num_gpus`` (default 1) processes on each of ``num_machines`` (default 1) machines.
+
+    Raises:
+        LaunchError: a flag that contradicts the launcher, or flags that cannot work together.
+    """
+    if env.launcher != "spawn":
+        name = env.launcher
+        given = {"--num-gpus": num_gpus, "--num-machines": num_machines}
+        found = {"--num-gpus": env.local_world_size, "--num-machines": env.num_machines}
+        given["--machine-rank"], found["--machine-rank"] = machine_rank, env.machine_rank
+        for flag, value in given.items():
+            if value is not None and value != found[flag]:
+                per_machine = _PER_MACHINE[name].format(n=value)
+                fix = f", or start {per_machine}" if flag == "--num-gpus" else ""
+                raise LaunchError(
+                    f"{flag} {value} disagrees with {name}: {flag} {found[flag]} here (world size "
+                    f"{env.world_size}, {env.local_world_size} per machine); leave {flag} out, "
+                    f"{name} decides{fix}"
+                )
+        if dist_url is not None:
+            raise LaunchError(
+                f"--dist-url {dist_url}: under {name} the processes meet at {env.master_addr}:"
+                f"{env.master_port} (MASTER_ADDR, MASTER_PORT); leave --dist-url out"
+            )
+        return env
+    num_gpus = 1 if num_gpus is None else num_gpus
+    num_machines = 1 if num_machines is None else num_machines
+    machine_rank = machine_rank or 0
+    if num_gpus < 1 or num_machines < 1 or not 0 <= machine_rank < num_machines:
+        raise LaunchError(
+            f"--num-gpus {num_gpus} --num-machines {num_machines} --machine-rank {machine_rank}: "
+            "need one process and one machine at least, and 0 <= --machine-rank < --num-machines"
+        )
+    if num_machines > 1 and dist_url in (None, "auto"):
+        raise LaunchError(
+            f"--num-machines {num_machines} needs --dist-url tcp://<machine 0's address>:<port>, "
+            "the same on every machine"
+        )
+    url = urlparse(dist_url or "")
+    tcp = url.scheme == "tcp"
+    return LaunchEnv(
+        "spawn",
+        rank=machine_rank * num_gpus,
+        world_size=num_machines * num_gpus,
+        local_world_size=num_gpus,
+        master_addr=url.hostname if tcp else None,
+        master_port=url.port if tcp else None,
+    )
+
+
+def check_devices(env: LaunchEnv, device: str) -> None:
+    """On a CUDA ``device``, one GPU for each process of this machine.
+
+    Raises:
+        LaunchError: more processes per machine than GPUs, naming both and the fix.
+    """
+    available = torch.cuda.device_count() if torch.device(device).type == "cuda" else 0
+    if torch.device(device).type != "cuda" or env.local_world_size <= available:
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    shown = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+    if env.launcher == "spawn":
+        asked = f"--num-gpus {env.local_world_size}"
+    else:
+        asked = f"{env.launcher} starts {env.local_world_size} processes per machine"
+    raise LaunchError(
+        f"{asked} with MODEL.DEVICE {device}, but this machine has {available} GPU(s)"
+        f"{shown}: one process per GPU, {_PER_MACHINE[env.launcher].format(n=available)}; or "
+        "MODEL.DEVICE cpu to train in CPU processes"
+    )
+
+
+def training_batch(cfg: CfgNode, world_size: int) -> tuple[int, float]:
+    """``(total batch, base LR)`` of a training over ``world_size`` processes: the config's,
+    or scaled by ``world_size / SOLVER.REFERENCE_WORLD_SIZE`` when that is set (the rule of
+    Detectron2's ``DefaultTrainer.auto_scale_workers``, which the trainer applies). Each
+    process takes ``total // world_size`` images.
+
+    Raises:
+        LaunchError: a batch that does not split evenly over the processes.
+    """
+    total, base_lr = cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR
+    reference, origin = cfg.SOLVER.REFERENCE_WORLD_SIZE, ""
+    if reference and reference != world_size:
+        total, base_lr = round(total * world_size / reference), base_lr * world_size / reference
+        origin = f" (scaled from SOLVER.REFERENCE_WORLD_SIZE {reference})"
+    if total % world_size:
+        raise LaunchError(
+            f"SOLVER.IMS_PER_BATCH {total}{origin} does not split evenly over {world_size} "
+            f"processes: give a multiple of {world_size}, e.g. SOLVER.IMS_PER_BATCH "
+            f"{world_size * (total // world_size + 1)}"
+        )
+    return total, base_lr
+
+
+def describe_launch(
+    cfg: CfgNode, launcher: str, world_size: int, local_world_size: int, *, train: bool = True
+) -> str:
+    """The start line of a run: launcher and processes, and for a training (``train``) the
+    batch per process and in all and the base LR (:func:`training_batch`)."""
+    machines = world_size // local_world_size
+    line = (
+        f"Launcher: {LAUNCHER_NAMES[launcher]}; world size {world_size} ({local_world_size} per "
+        f"machine on {machines} machine{'s' if machines > 1 else ''})"
+    )
+    if not train:
+        return line
+    total, base_lr = training_batch(cfg, world_size)
+    reference = cfg.SOLVER.REFERENCE_WORLD_SIZE
+    scaled = (
+        f" (SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} and SOLVER.BASE_LR "
+        f"{cfg.SOLVER.BASE_LR:g} scaled from SOLVER.REFERENCE_WORLD_SIZE {reference})"
+        if reference and reference != world_size
+        else ""
+    )
+    return (
+        f"{line}; batch {total // world_size} per process, {total} in total; base LR "
+        f"{base_lr:g}{scaled}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets on disk
+
+# Metadata entries naming a dataset's files and folders in Detectron2's registrations (COCO and
+# LVIS, Pascal VOC, Cityscapes, ADE20k / panoptic).
+_DATASET_PATHS = (
+    "json_file",
+    "image_root",
+    "dirname",
+    "image_dir",
+    "gt_dir",
+    "sem_seg_root",
+    "panoptic_root",
+    "panoptic_json",
+)
+
+
+class DatasetFilesError(FileNotFoundError):
+    """A registered dataset whose files are not on disk."""
+
+
+def check_datasets(cfg: CfgNode, *, train: bool = True) -> None:
+    """Check, before anything is built, that the datasets a run reads are registered and on
+    disk: ``DATASETS.TEST`` (evaluated after a training, or alone) and, with ``train``,
+    ``DATASETS.TRAIN``. Only presence is checked (``datasets/prepare_coco.py`` checks contents);
+    the shapes splits, generated on first use, always pass.
+
+    Raises:
+        ConfigError: a dataset name that is not registered (with the closest one).
+        DatasetFilesError: a file or folder that is missing, naming it and where to get it.
+    """
+    for key in ("DATASETS.TRAIN", "DATASETS.TEST") if train else ("DATASETS.TEST",):
+        for name in cfg.DATASETS[key.split(".")[1]]:
+            if name not in DatasetCatalog:
+                close = difflib.get_close_matches(name, DatasetCatalog.list(), n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                raise ConfigError(
+                    f"{key}: no dataset named {name}; {hint}register your own with --dataset "
+                    "NAME JSON IMAGE_ROOT or BACKBONES.COCO_DATASETS (docs/data.md)"
+                )
+            meta = MetadataCatalog.get(name).as_dict()
+            if "shapes_config" in meta:  # backbones.data.shapes: generated on first use
+                continue
+            missing = [
+                meta[k] for k in _DATASET_PATHS if meta.get(k) and not os.path.exists(meta[k])
+            ]
+            if missing:
+                raise DatasetFilesError(_missing_files(key, name, missing))
+
+
+def _missing_files(key: str, name: str, missing: list[str]) -> str:
+    others = f" (nor {', '.join(missing[1:])})" if len(missing) > 1 else ""
+    message = f"{key}: dataset {name} is not on disk: {missing[0]} does not exist{others}"
+    root = os.path.abspath(datasets_root())
+    if not all(os.path.abspath(path).startswith(root + os.sep) for path in missing):
+        return f"{message}; register it with its real files (docs/data.md)"
+    where = (
+        f"DETECTRON2_DATASETS={os.environ['DETECTRON2_DATASETS']}"
+        if "DETECTRON2_DATASETS" in os.environ
+        else f"DETECTRON2_DATASETS (unset, so {datasets_root()}/ in the working directory "
+        f"{os.getcwd()})"
+    )
+    return (
+        f"{message}. Detectron2's datasets are read under {where}. Put the data there as "
+        "datasets/README.md says (COCO: then check it with python datasets/prepare_coco.py), "
+        "or set DETECTRON2_DATASETS to the folder that holds it; without data, try "
+        "configs/mrcnn_r18_shapes.yaml"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+# Known mistakes and their exit status: 2 for the command line and the config, 1 for data,
+# weights and processes. Anything else is a bug and keeps its traceback.
+USAGE_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError,
+    LaunchError,
+    BackboneOptionError,
+    InputSettingsError,
+)
+RUNTIME_ERRORS: tuple[type[Exception], ...] = (
+    FileNotFoundError,
+    WeightsFormatError,
+    RendezvousError,
+)
+
+_KNOWN = ((USAGE_ERRORS, 2), (RUNTIME_ERRORS, 1))
+
+
+def describe_error(error: BaseException) -> tuple[str | None, int] | None:
+    """``(message, exit status)`` of a known mistake, or ``None`` for anything else. The
+    message is ``None`` for a started process that failed and said why itself."""
+    for errors, status in _KNOWN:
+        if isinstance(error, errors):
+            return str(error), status
+    if isinstance(error, mp.ProcessRaisedException):
+        # A started process failed before main() could say why (joining the others): its
+        # traceback's last line names the error.
+        last = str(error).strip().splitlines()[-1]
+        kind, _, message = last.partition(": ")
+        known = {e.__name__: status for errors, status in _KNOWN for e in errors}
+        status = known.get(kind.rpartition(".")[2])
+        return None if status is None else (message, status)
+    if isinstance(error, mp.ProcessExitedException):
+        if error.signal_name is None:
+            return None, error.exit_code
+        cause = " (out of memory?)" if error.signal_name == "SIGKILL" else ""
+        return f"process {error.error_index} was killed by {error.signal_name}{cause}", 1
+    return None
+
+
+@contextmanager
+def user_errors(*, debug: bool = False) -> Iterator[None]:
+    """Turn a known mistake raised inside (:func:`describe_error`) into ``error: MESSAGE`` on
+    stderr (``error: rank R: ...`` in a process group) and exit status 2 or 1. Anything else,
+    and everything with ``debug``, propagates with its traceback."""
+    try:
+        yield
+    except Exception as error:
+        known = None if debug else describe_error(error)
+        if known is None:
+            raise
+        message, status = known
+        if message is not None:
+            rank = f"rank {comm.get_rank()}: " if comm.get_world_size() > 1 else ""
+            print(f"error: {rank}{message}", file=sys.stderr, flush=True)
+        raise SystemExit(status) from None
