@@ -7,7 +7,7 @@ READY := $(VENV)/.backbones-ready
 DEMO_CONFIG ?= configs/mrcnn_r18_shapes.yaml
 DEMO_DIR ?= output/demo
 
-.PHONY: setup demo test test-fast lint format clean
+.PHONY: setup demo test test-fast lint format clean reproduce-small
 
 setup: $(READY)
 
@@ -20,6 +20,11 @@ demo: $(READY)
 	$(PYTHON) tools/train_net.py --config-file $(DEMO_CONFIG) --resume OUTPUT_DIR $(DEMO_DIR)
 	$(PYTHON) tools/visualize_predictions.py --config-file $(DEMO_CONFIG) \
 		--weights $(DEMO_DIR)/model_final.pth --output $(DEMO_DIR)/predictions
+
+# The paper's two claims at small scale on CPU (docs/pretraining.md): pretraining, detectors
+# fine-tuned from it and from scratch, depth reports, the degradation experiment. Resumable.
+reproduce-small: $(READY)
+	$(PYTHON) tools/reproduce_small.py
 
 # Two pytest workers with one thread each: on 2 cores, more threads than cores spin-wait.
 TEST_WORKERS ?= 2
