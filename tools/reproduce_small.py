@@ -22,9 +22,9 @@ def main() -> None:
     )
     parser.add_argument("--output-root", default="output/reproduce_small")
     parser.add_argument("--depths", type=int, nargs="+", default=[18, 34, 50])
-    parser.add_argument("--pretrain-iters", type=int, default=800, help="per depth")
+    parser.add_argument("--pretrain-iters", type=int, default=600, help="per depth")
     parser.add_argument("--batch-size", type=int, default=64, help="pretraining batch")
-    parser.add_argument("--degradation-iters", type=int, default=1500, help="per net")
+    parser.add_argument("--degradation-iters", type=int, default=800, help="per net")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per step")
     parser.add_argument(
         "--no-scratch", action="store_true", help="skip the detectors trained from scratch"
