@@ -7,10 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from test_sweep import TINY_OPTS
 
 from backbones.analysis import reproduce
-
-from test_sweep import TINY_OPTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
