@@ -135,16 +135,7 @@ def backbones_build_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> Res
 @BACKBONE_REGISTRY.register()
 def backbones_build_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
     """ResNet + FPN (P2-P6, P6 by max-pool) from ``MODEL.RESNETS.*`` and ``MODEL.FPN.*``."""
-    options = resnet_options(cfg, input_shape)
-    options.pop("out_features")  # the FPN's inputs decide what the ResNet returns
-    return _with_cfg_keys(
-        make_resnet_fpn,
-        in_features=tuple(cfg.MODEL.FPN.IN_FEATURES),
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        fpn_norm=cfg.MODEL.FPN.NORM,
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-        **options,
-    )
+    return _fpn_backbone(cfg, input_shape, top_block="maxpool")
 
 
 @BACKBONE_REGISTRY.register()
@@ -152,6 +143,11 @@ def backbones_build_retinanet_resnet_fpn_backbone(cfg: CfgNode, input_shape: Sha
     """ResNet + FPN for RetinaNet (P3-P7 with the zoo's ``MODEL.FPN.IN_FEATURES``: P6 and P7 by
     strided 3x3 convs, P6 from res5): Detectron2's ``build_retinanet_resnet_fpn_backbone``, from
     ``MODEL.RESNETS.*`` and ``MODEL.FPN.*``."""
+    return _fpn_backbone(cfg, input_shape, top_block="p6p7")
+
+
+def _fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec, *, top_block: str) -> FPN:
+    """:func:`make_resnet_fpn` from ``MODEL.RESNETS.*`` and ``MODEL.FPN.*`` with ``top_block``."""
     options = resnet_options(cfg, input_shape)
     options.pop("out_features")  # the FPN's inputs decide what the ResNet returns
     return _with_cfg_keys(
@@ -160,6 +156,6 @@ def backbones_build_retinanet_resnet_fpn_backbone(cfg: CfgNode, input_shape: Sha
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         fpn_norm=cfg.MODEL.FPN.NORM,
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-        top_block="p6p7",
+        top_block=top_block,
         **options,
     )
