@@ -166,7 +166,7 @@ class ClassificationDataset(Dataset):
         return len(self.labels)
 
     def load(self, index: int) -> Any:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement load")
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, seed = key if isinstance(key, tuple) else (key, None)

@@ -133,9 +133,19 @@ def generate_shapes(
 
 def _publish(tmp_dir: Path, target: Path) -> None:
     """Rename a finished split folder into place, replacing an earlier generated one."""
+    publish_generated(tmp_dir, target, generator=__name__)
+
+
+def publish_generated(tmp_dir: Path, target: Path, *, generator: str) -> None:
+    """Rename the finished folder ``tmp_dir`` to ``target``, replacing an empty one or one whose
+    ``params.json`` names ``generator`` (an earlier or outdated generation of the same code);
+    anything else is an error. Atomic for readers: ``target`` is the old folder or the new one.
+    Shared by the generated datasets (shapes, synthetic classes)."""
     if target.exists():
-        if any(target.iterdir()) and not _is_generated(target):
-            raise FileExistsError(f"Refusing to replace {target}: it was not written by {__name__}")
+        if any(target.iterdir()) and not _generated_by(target, generator):
+            raise FileExistsError(
+                f"Refusing to replace {target}: it was not written by {generator}; move it away"
+            )
         stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
         try:
             target.rename(stale / target.name)
@@ -151,23 +161,23 @@ def _publish(tmp_dir: Path, target: Path) -> None:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def _read_params(split_dir: Path) -> dict | None:
+def read_params(split_dir: Path) -> dict | None:
     try:
         return json.loads((split_dir / _PARAMS_FILE).read_text())
     except (OSError, ValueError):
         return None
 
 
-def _is_generated(split_dir: Path) -> bool:
-    """Whether ``split_dir`` was written by this module (complete or not), so may be replaced."""
-    params = _read_params(split_dir)
-    return isinstance(params, dict) and params.get("generator") == __name__
+def _generated_by(split_dir: Path, generator: str) -> bool:
+    """Whether ``split_dir`` was written by ``generator`` (complete or not), so may be replaced."""
+    params = read_params(split_dir)
+    return isinstance(params, dict) and params.get("generator") == generator
 
 
 def _is_complete(split_dir: Path, params: dict) -> bool:
     """Whether ``split_dir`` holds a finished split generated with ``params``."""
     json_file, image_root = _split_paths(split_dir, params["split"])
-    if _read_params(split_dir) != params or not json_file.is_file():
+    if read_params(split_dir) != params or not json_file.is_file():
         return False
     try:
         num_files = sum(1 for entry in os.scandir(image_root) if entry.name.endswith(".png"))

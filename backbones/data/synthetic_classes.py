@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .shapes import default_root
+from .shapes import default_root, publish_generated, read_params
 
 SHAPES = tuple("disk ring triangle square hexagon star cross crescent arrow heart".split())
 TEXTURES = tuple("solid stripes checker dots grid rings gradient waves speckle halves".split())
@@ -324,7 +324,7 @@ def ensure_synthetic_split(
     )
     _check_args(split, num_images, num_classes, image_size, seed)
     target = synthetic_split_dir(root, split, **{k: params[k] for k in _SIZE_KEYS})
-    if _read_params(target) == params and (target / "labels.npy").is_file():
+    if read_params(target) == params and (target / "labels.npy").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info(f"Generating {num_images} synthetic {split} images into {target} ...")
@@ -342,7 +342,7 @@ def ensure_synthetic_split(
         (tmp / "classes.json").write_text(json.dumps(names, indent=1) + "\n")
         # Written last: a folder with params.json is complete.
         (tmp / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
-        _publish(tmp, target)
+        publish_generated(tmp, target, generator=_GENERATOR)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info(f"Generated {target} in {time.perf_counter() - start:.0f} s")
@@ -350,31 +350,3 @@ def ensure_synthetic_split(
 
 
 _SIZE_KEYS = ("num_images", "num_classes", "image_size", "seed")
-
-
-def _read_params(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / "params.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename a finished split folder into place, replacing an outdated one of ours."""
-    if target.exists():
-        old = _read_params(target)
-        if not (isinstance(old, dict) and old.get("generator") == _GENERATOR):
-            raise FileExistsError(
-                f"Refusing to replace {target}: it was not written by {_GENERATOR}; move it away"
-            )
-        stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        try:
-            target.rename(stale / target.name)
-        except FileNotFoundError:  # another process moved it first
-            pass
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        tmp.rename(target)
-    except OSError:
-        if not target.is_dir():  # else another process published the same split in between
-            raise
