@@ -16,6 +16,7 @@ PACKAGE = Path(backbones.__file__).parent
 LAYERS = {
     "specs": 0,
     "errors": 0,
+    "progress": 0,
     "weights": 1,
     "modeling": 2,
     "config": 3,

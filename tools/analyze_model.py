@@ -15,15 +15,14 @@ Progress goes to stderr; the counts are those of :mod:`backbones.analysis.comple
 
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
-from collections.abc import Sequence
 
-# Imported by Detectron2 through torch; says nothing about this tool's input.
-warnings.filterwarnings(
-    "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
-)
+# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
+warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 
 from backbones import DEPTHS, load_cfg  # noqa: E402
 from backbones.analysis import (  # noqa: E402
@@ -34,6 +33,7 @@ from backbones.analysis import (  # noqa: E402
     resnet_complexity,
     write_csv,
 )
+from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
 
 PAPER_SIZE = (224, 224)
 
@@ -94,6 +94,7 @@ def detector_row(config_file: str, opts: Sequence[str], size: tuple[int, int] | 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_third_party_warnings()
     args = parse_args(argv)
     size = tuple(args.size) if args.size is not None else None
     if args.depths is not None:

@@ -1,17 +1,23 @@
 #!/usr/bin/env python3
 """Benchmark our ResNet-FPN against Detectron2's built-in one (same weights, same process)."""
 
-import argparse
 import warnings
 
-import torch
+# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
+warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
 
-from backbones import load_cfg
+import argparse  # noqa: E402
 
-from benchmarks import FPN_OPTS, benchmark_detector, benchmark_fpn
+import torch  # noqa: E402
+
+from backbones import load_cfg  # noqa: E402
+from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
+
+from benchmarks import FPN_OPTS, benchmark_detector, benchmark_fpn  # noqa: E402
 
 
 def main() -> None:
+    quiet_third_party_warnings()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config-file", default="", help="optional YAML; default: R-50-FPN")
     ap.add_argument("--batch", type=int, default=2)

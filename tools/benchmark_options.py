@@ -12,15 +12,21 @@
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-from typing import Callable
+import warnings
 
-import torch
-from torch import nn
+# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
+warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
 
-from backbones import make_resnet
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from backbones import make_resnet  # noqa: E402
+from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
 
 
 def _median_seconds(step: Callable[[], object], iters: int, warmup: int = 1) -> float:
@@ -55,6 +61,7 @@ def _train_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
 
 
 def main() -> None:
+    quiet_third_party_warnings()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depth", type=int, default=50)
     parser.add_argument("--size", type=int, default=224, help="square input side")

@@ -12,20 +12,25 @@ Every speed figure is a ratio against the built-in model timed in the same proce
 
 from __future__ import annotations
 
-import argparse
-import copy
-import json
-import time
 import warnings
 
-import torch
-from detectron2.layers import ShapeSpec
-from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
+# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
+warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
 
-from backbones import backbones_build_resnet_fpn_backbone, load_cfg
-from backbones.modeling import MEMORY_FORMATS
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
 
-from benchmarks import FPN_OPTS, Timing, benchmark_detector, benchmark_fpn
+import torch  # noqa: E402
+from detectron2.layers import ShapeSpec  # noqa: E402
+from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone  # noqa: E402
+
+from backbones import backbones_build_resnet_fpn_backbone, load_cfg  # noqa: E402
+from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
+from backbones.modeling import MEMORY_FORMATS  # noqa: E402
+
+from benchmarks import FPN_OPTS, Timing, benchmark_detector, benchmark_fpn  # noqa: E402
 
 
 def fpn_cfg(*opts, **resnets):
@@ -128,6 +133,7 @@ def detector(device: str, results: dict, iters: int, config: str) -> None:
 
 
 def main() -> None:
+    quiet_third_party_warnings()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--detector-config", default="configs/frcnn_r101.yaml")

@@ -9,22 +9,24 @@ undefined) into ``--output``, by default the folder of ``--dt``; ``--plot`` adds
     tools/coco_eval.py --gt instances_val2017.json --dt coco_instances_results.json
     tools/coco_eval.py --gt val.json --dt results.json --iou-type bbox segm --plot --output out
 
-Exit status 2, with a one-line message naming the file and entry, for a bad input file.
+Exit status 2, with a one-line message naming the file and entry, for a bad input file. A large
+file's checking and COCOeval show their progress on stderr (a line every 5 s, with an ETA).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
-from collections.abc import Sequence
-from pathlib import Path
 
-# Imported by Detectron2 through torch; says nothing about this tool's input.
-warnings.filterwarnings(
-    "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
-)
+# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
+warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
 
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
 from backbones.evaluation import (  # noqa: E402
     IOU_TYPES,
     COCOFormatError,
@@ -52,7 +54,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation; returns the exit status (2 for a bad input file)."""
+    quiet_third_party_warnings()
     args = parse_args(argv)
+    # Progress of large files (checking, COCOeval; a line every 5 s with an ETA) on stderr.
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("backbones").setLevel(logging.INFO)
     output = Path(args.output) if args.output is not None else Path(args.dt).resolve().parent
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -11,15 +11,21 @@ config lines that go with it (also stored in the file)::
 
 from __future__ import annotations
 
-import argparse
-import io
-import os
-import sys
-import time
+import warnings
 
-from tqdm import tqdm
+# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
+warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
 
-from backbones.weights import (
+import argparse  # noqa: E402
+import io  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from tqdm import tqdm  # noqa: E402
+
+from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
+from backbones.weights import (  # noqa: E402
     WeightsFormatError,
     read_weights,
     write_detectron2_checkpoint,
@@ -27,6 +33,7 @@ from backbones.weights import (
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_third_party_warnings()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("src", help="weights file: .pth/.pt/.bin/.safetensors/.pkl/.pyth")
     parser.add_argument("dst", help="output file: .pkl (Detectron2 zoo layout) or .pth")

@@ -17,15 +17,14 @@ decay 1e-4); make_resnet options for every net go last as KEY VALUE pairs. Examp
 
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
-from collections.abc import Sequence
 
-# Printed when Detectron2 is imported, through torch: nothing to do with this tool's input.
-warnings.filterwarnings(
-    "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
-)
+# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
+warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
@@ -36,6 +35,7 @@ from backbones.analysis.degradation import (  # noqa: E402
 )
 from backbones.data.classification import ClassificationDataError  # noqa: E402
 from backbones.engine.classifier import parse_resnet_options  # noqa: E402
+from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
 from backbones.engine.pretrain_run import (  # noqa: E402
     Recipe,
     ResumeError,
@@ -64,6 +64,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_third_party_warnings()
     args = parse_args(argv)
     if len(set(args.depths)) < 2:
         print(f"error: --depths {args.depths}: give two depths or more", file=sys.stderr)
@@ -79,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             resnet_options=parse_resnet_options(args.opts),
             num_gpus=args.num_gpus,
             resume=args.resume,
+            process_setup=quiet_third_party_warnings,  # the --num-gpus processes too
         )
     except (BackboneOptionError, ClassificationDataError, ResumeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -20,19 +20,18 @@ Runs that did not finish, have no evaluation or no readable config.yaml are list
 
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
-from collections.abc import Sequence
 
-# Imported by Detectron2 through torch, and Detectron2's anchors when the FLOPs are counted:
-# they say nothing about this tool's input.
-warnings.filterwarnings(
-    "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
-)
-warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
+# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
+warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 
 from backbones.analysis import REFERENCES_FILE, write_depth_report  # noqa: E402
+from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -54,7 +53,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the report; prints one line per run and the files written. Returns 0."""
+    quiet_third_party_warnings()
     args = parse_args(argv)
+    # Progress over the runs (each one's FLOPs are counted), every 5 s with an ETA, on stderr.
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("backbones").setLevel(logging.INFO)
     report = write_depth_report(args.run_dirs, args.output, references_file=args.references)
     for run in report.runs:
         ap = run.ap.get("bbox/AP")

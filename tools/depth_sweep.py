@@ -20,23 +20,22 @@ at N is skipped by later sweeps: to train it longer, run train_net.py --resume o
 
 from __future__ import annotations
 
-import argparse
-import os
-import re
-import shlex
-import sys
 import warnings
-from collections.abc import Sequence
-from pathlib import Path
 
-# Imported by Detectron2 through torch, and Detectron2's anchors when the FLOPs are counted:
-# they say nothing about this tool's input.
-warnings.filterwarnings(
-    "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
-)
-warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
+# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
+warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from backbones.analysis.sweep import DEFAULT_OUTPUT_ROOT, run_sweep  # noqa: E402
+from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
 
 # The training script next to this one, as the commands show it (relative when below here).
 TRAIN_NET = Path(__file__).resolve().with_name("train_net.py")
@@ -72,7 +71,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run (or print) the sweep; returns 1 when a run failed, 2 for a bad argument, else 0."""
+    quiet_third_party_warnings()  # each run's train_net.py quiets its own processes
     args = parse_args(argv)
+    # The report's progress over the runs (a line every 5 s with an ETA) on stderr.
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("backbones").setLevel(logging.INFO)
     relative = os.path.relpath(TRAIN_NET)
     train_net = relative if not relative.startswith("..") else str(TRAIN_NET)
     try:

@@ -6,13 +6,23 @@ Examples:
     python tools/export_backbone.py --preset R-50-D --weights resnet50d.pth --output r50d.pt
 """
 
-import argparse
-import ast
-import logging
 import warnings
 
-from backbones import PRESETS, make_resnet, make_resnet_fpn
-from backbones.export import check_export, example_images, export_onnx, script_backbone
+# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
+warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+
+import argparse  # noqa: E402
+import ast  # noqa: E402
+import logging  # noqa: E402
+
+from backbones import PRESETS, make_resnet, make_resnet_fpn  # noqa: E402
+from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
+from backbones.export import (  # noqa: E402
+    check_export,
+    example_images,
+    export_onnx,
+    script_backbone,
+)
 
 
 def option(text: str) -> tuple[str, object]:
@@ -27,6 +37,7 @@ def option(text: str) -> tuple[str, object]:
 
 
 def main() -> None:
+    quiet_third_party_warnings()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     arch = ap.add_mutually_exclusive_group()
     arch.add_argument("--preset", choices=sorted(PRESETS), help="a named variant, e.g. R-50-D")

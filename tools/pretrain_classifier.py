@@ -17,21 +17,21 @@ training_curve.png, checkpoint.pth and run.json. Examples::
 
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
-from collections.abc import Sequence
 
-# Printed when Detectron2 is imported, through torch: nothing to do with this tool's input.
-warnings.filterwarnings(
-    "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
-)
+# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
+warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from backbones.analysis.pretrain_plots import TrainingCurveWriter  # noqa: E402
 from backbones.data.classification import ClassificationDataError  # noqa: E402
 from backbones.engine.classifier import parse_resnet_options  # noqa: E402
+from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
 from backbones.engine.pretrain import pretrain  # noqa: E402
 from backbones.engine.pretrain_run import (  # noqa: E402
     PretrainRun,
@@ -68,6 +68,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_third_party_warnings()
     args = parse_args(argv)
     setup_logger(name="backbones")
     try:
@@ -82,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop_at=args.stop_at,
             after_eval=TrainingCurveWriter(title=f"ResNet-{args.depth}, {data.describe()}"),
         )
-        result = pretrain(run, num_gpus=args.num_gpus)
+        # The processes started for --num-gpus begin with Python's filters: quiet them too.
+        result = pretrain(run, num_gpus=args.num_gpus, process_setup=quiet_third_party_warnings)
     except (BackboneOptionError, ClassificationDataError, ResumeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

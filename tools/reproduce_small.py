@@ -11,12 +11,23 @@ Run it again after an interruption: finished steps are skipped, interrupted ones
 
 from __future__ import annotations
 
-import argparse
+import warnings
 
-from backbones.analysis.reproduce import reproduce_small
+# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
+warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+
+from backbones.analysis.reproduce import reproduce_small  # noqa: E402
+from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
 
 
 def main() -> None:
+    quiet_third_party_warnings()  # each step's tool quiets its own processes
+    # The depth reports' progress over the runs (a line every 5 s with an ETA) on stderr.
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("backbones").setLevel(logging.INFO)
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -9,13 +9,19 @@ Example::
 
 from __future__ import annotations
 
-import argparse
+import warnings
 
-from detectron2.utils.logger import setup_logger
+# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
+warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
 
-import backbones  # noqa: F401  (registers our backbones and the shapes datasets)
-from backbones import load_cfg
-from backbones.inference import visualize_predictions
+import argparse  # noqa: E402
+
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+import backbones  # noqa: E402, F401  (registers our backbones and the shapes datasets)
+from backbones import load_cfg  # noqa: E402
+from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
+from backbones.inference import visualize_predictions  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet_third_party_warnings()
     args = parse_args(argv)
     setup_logger(name="backbones")
     cfg = load_cfg(args.config_file, args.opts)

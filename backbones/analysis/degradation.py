@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,7 @@ def run_degradation(
     resnet_options: dict[str, Any] | None = None,
     num_gpus: int = 1,
     resume: bool = False,
+    process_setup: Callable[[], object] | None = None,
 ) -> DegradationResult:
     """Train the plain and residual nets of ``depths`` with one ``recipe`` on ``data``, then
     write the curves, the figure and the table.
@@ -99,6 +100,7 @@ def run_degradation(
             here).
         num_gpus: processes per net (CPU processes without CUDA).
         resume: skip finished nets and continue interrupted ones.
+        process_setup: called first in each process of a net (see :func:`pretrain`).
 
     Returns:
         :class:`DegradationResult`.
@@ -123,7 +125,7 @@ def run_degradation(
             progress=Progress(f"[{net.name} {i + 1}/{len(todo)}] ", later),
             after_eval=TrainingCurveWriter(title=net.name),
         )
-        pretrain(run, num_gpus=num_gpus)
+        pretrain(run, num_gpus=num_gpus, process_setup=process_setup)
     return write_degradation_report(output_dir, depths, data=data, recipe=recipe)
 
 

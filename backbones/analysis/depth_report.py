@@ -7,12 +7,14 @@ from __future__ import annotations
 import csv
 import datetime
 import io
+import logging
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..progress import Progress
 from ..weights.formats import atomic_write
 from .depth_plots import plot_ap
 from .runs import (
@@ -26,6 +28,8 @@ from .runs import (
     read_run,
     select_references,
 )
+
+logger = logging.getLogger(__name__)
 
 FILES = {
     "csv": "depth_report.csv",
@@ -185,10 +189,12 @@ def write_depth_report(
         the runs read, the base of the gains, the references shown and the files written.
     """
     names = [Path(d).name for d in run_dirs]
-    runs = [
-        read_run(d, name=str(d) if names.count(name) > 1 else name)
-        for d, name in zip(run_dirs, names)
-    ]
+    # Reading a run counts its detector's FLOPs: seconds each on a CPU.
+    runs = []
+    with Progress(len(run_dirs), what="reading runs", logger=logger, unit="runs") as progress:
+        for d, name in zip(run_dirs, names):
+            runs.append(read_run(d, name=str(d) if names.count(name) > 1 else name))
+            progress.update()
     base = add_gains(runs)
     references = load_references(references_file)
     shown = select_references(references, runs)

@@ -19,6 +19,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,6 +31,7 @@ from detectron2.utils.logger import setup_logger
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..data.classification import ArrayDataset, ClassificationData, load_classification_data
+from ..progress import Progress
 from ..weights import atomic_write, read_file
 from .classifier import build_classifier, write_pretrained_weights
 from .distributed import create_ddp_model, launch
@@ -78,9 +80,11 @@ def _loader(dataset: Any, sampler: Any, batch_size: int, workers: int, device: s
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: DataLoader, device: str) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module, loader: DataLoader, device: str, *, label: str = ""
+) -> dict[str, float]:
     """Loss and top-1 / top-5 errors (%) over this process's share of a validation set, summed
-    over all processes.
+    over all processes. The main process logs its progress (``label`` first) every 5 s.
 
     Returns:
         ``{"val_loss", "val_error", "val_top5_error"}``.
@@ -88,6 +92,14 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: str) -> dict[st
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64)  # loss sum, top-1 wrong, top-5 wrong, images
+    # ImageNet's 50,000 images take minutes, more between two training lines than a user waits.
+    progress = Progress(
+        len(loader),
+        what=f"{label}validation",
+        logger=logger,
+        unit="batches",
+        level=logging.INFO if comm.is_main_process() else logging.DEBUG,
+    )
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
         logits = model(images)
@@ -95,6 +107,8 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: str) -> dict[st
         loss = F.cross_entropy(logits, labels, reduction="sum")
         wrong1, wrong5 = (~hit[:, 0]).sum(), (~hit.any(1)).sum()
         totals += torch.tensor([float(loss), float(wrong1), float(wrong5), len(labels)])
+        progress.update()
+    progress.close()
     model.train(was_training)
     totals = _all_sum(totals)
     count = max(1.0, float(totals[3]))
@@ -318,7 +332,7 @@ class _Trainer:
         and ``after_eval`` (main process)."""
         loss, wrong, count = _all_sum(torch.tensor(self._window_sums(), dtype=torch.float64))
         count = max(float(count), 1.0)
-        metrics = evaluate(self.ddp, self.val_loader, self.device)
+        metrics = evaluate(self.ddp, self.val_loader, self.device, label=self.run.progress.label)
         if self.rank != 0:
             return
         record = {
@@ -344,8 +358,14 @@ class _Trainer:
                 logger.exception("after_eval failed")
 
 
-def _run_process(run: PretrainRun, data: ClassificationData | None) -> None:
+def _run_process(
+    run: PretrainRun,
+    data: ClassificationData | None,
+    process_setup: Callable[[], object] | None = None,
+) -> None:
     """One process of :func:`pretrain`."""
+    if process_setup is not None:
+        process_setup()
     if not logging.getLogger("backbones").handlers:  # a new process; else the caller's logging
         setup_logger(name="backbones", distributed_rank=comm.get_rank())
     data = data if data is not None else load_classification_data(run.data)
@@ -385,9 +405,19 @@ def _run_process(run: PretrainRun, data: ClassificationData | None) -> None:
     comm.synchronize()
 
 
-def pretrain(run: PretrainRun, *, num_gpus: int = 1, dist_url: str = "auto") -> PretrainResult:
+def pretrain(
+    run: PretrainRun,
+    *,
+    num_gpus: int = 1,
+    dist_url: str = "auto",
+    process_setup: Callable[[], object] | None = None,
+) -> PretrainResult:
     """Train ``run`` in ``num_gpus`` processes (GPUs, or CPU processes joined in a gloo group on a
     machine without CUDA), from its checkpoint when ``run.resume`` and there is one.
+
+    ``process_setup``, if given, is called first in each process (e.g. a tool's
+    ``quiet_third_party_warnings``: a started process begins with Python's warning filters);
+    picklable, as a module-level function is.
 
     The data is checked (and the synthetic set generated) here, once, before any process starts,
     and the net's options are checked by building it on the ``meta`` device.
@@ -421,7 +451,7 @@ def pretrain(run: PretrainRun, *, num_gpus: int = 1, dist_url: str = "auto") -> 
         _run_process,
         num_gpus,
         dist_url=dist_url,
-        args=(run, data if num_gpus == 1 else None),
+        args=(run, data if num_gpus == 1 else None, process_setup),
         device=device,
     )
     return read_result(run.output_dir)

@@ -7,6 +7,7 @@ masks are compressed RLE (pycocotools' ``maskApi.c`` format), uncompressed RLE o
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import warnings
@@ -19,7 +20,13 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as mask_util
 
+from ..progress import Progress
 from .cocoeval import IOU_TYPES, MAX_DETS
+
+logger = logging.getLogger(__name__)
+# Files from this size on are announced before they are parsed: 0.5 s of json.loads and more
+# (a 63 MB file of 200,000 box-and-polygon results takes 2.4 s on one core).
+_ANNOUNCE_BYTES = 16 * 2**20
 
 
 class COCOFormatError(ValueError):
@@ -36,6 +43,8 @@ def _read_json(path: str | os.PathLike, expected: str) -> Any:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise COCOFormatError(f"{path}: cannot read: {e}") from None
+    if len(text) >= _ANNOUNCE_BYTES:
+        logger.info(f"reading {path} ({len(text) / 2**20:.0f} MB of JSON)")
     if not text.strip():
         raise COCOFormatError(f"{path}: the file is empty; expected {expected}")
     try:
@@ -243,6 +252,8 @@ def validate_results(
         {"bbox": "bbox", "segm": "segmentation"}[t] for t in iou_types
     )
     checked = []
+    # Python-side work per entry (a polygon or an RLE decoded): the longest step before COCOeval.
+    progress = Progress(len(results), what=f"checking {source}", logger=logger, unit="results")
     for index, entry in enumerate(results):
         if not isinstance(entry, dict):
             raise COCOFormatError(
@@ -256,6 +267,7 @@ def validate_results(
             checked.append(_check_entry(entry, required, image_sizes, category_ids))
         except ValueError as e:
             raise COCOFormatError(f"{where}: {e}") from None
+        progress.update()
 
     if not checked:
         warnings.warn(
