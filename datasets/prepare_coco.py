@@ -1,6 +1,9 @@
 """Check that COCO 2017 is where Detectron2's builtin ``coco_2017_*`` datasets look for it.
 
-Prints what is present, missing or inconsistent and exits with status 1 unless all is there.
+Prints what is present, missing or inconsistent, and every data fault (docs/troubleshooting.md,
+"Data faults": bad boxes and polygons, unknown ids; with ``--check-images`` images that do not
+decode or differ in size from the JSON), each naming the file, image id and annotation id.
+Exits with status 1 unless all is there and no fault is fatal.
 ``--link SRC`` first links an existing COCO folder into place; ``--dataset JSON IMAGE_ROOT``
 checks your own COCO-format data instead. Download and layout: ``datasets/README.md``. Examples::
 
@@ -40,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--check-images",
         action="store_true",
-        help="open every image to find unreadable files and wrong sizes (slow; progress bar)",
+        help="decode every image to find unreadable files and wrong sizes (slow; progress bar)",
     )
     return parser.parse_args(argv)
 
@@ -48,7 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.dataset:
-        reports = [check_coco_dataset(*d, check_images=args.check_images) for d in args.dataset]
+        reports = [
+            check_coco_dataset(*d, check_images=args.check_images, faults=True)
+            for d in args.dataset
+        ]
         print("\n".join(report.format() for report in reports))
         return 0 if all(report.ok for report in reports) else 1
     root = args.root or coco_root()
@@ -59,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(f"linked {root} -> {args.link}")
-    report = check_coco_layout(root, args.splits, check_images=args.check_images)
+    report = check_coco_layout(root, args.splits, check_images=args.check_images, faults=True)
     print(report)
     if not report.ok:
         print("See datasets/README.md for the download and the expected layout.")

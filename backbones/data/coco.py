@@ -25,6 +25,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from PIL import Image
 
+from .coco_faults import FaultReport, find_coco_faults, find_image_faults
+
 __all__ = [
     "COCO_SPLITS",
     "CocoLayoutReport",
@@ -77,6 +79,9 @@ class SplitReport:
         num_images, num_annotations, num_categories: counts in the JSON (``None`` if unread).
         num_checked: listed images looked up on disk.
         num_missing_images: listed images that are not on disk.
+        faults: with ``faults=True``, the data faults (:mod:`backbones.data.coco_faults`);
+            unknown ids and, with ``check_images``, unreadable images and wrong sizes are then
+            findings there instead of ``inconsistent`` lines.
     """
 
     split: str
@@ -90,11 +95,13 @@ class SplitReport:
     num_categories: int | None = None
     num_checked: int = 0
     num_missing_images: int = 0
+    faults: FaultReport | None = None
 
     @property
     def ok(self) -> bool:
-        """Nothing missing and nothing inconsistent."""
-        return not self.missing and not self.inconsistent
+        """Nothing missing, nothing inconsistent, no fatal data fault."""
+        faults_ok = self.faults is None or self.faults.ok
+        return not self.missing and not self.inconsistent and faults_ok
 
     def format(self) -> str:
         """The report as indented text, one finding per line."""
@@ -105,6 +112,8 @@ class SplitReport:
             ("inconsistent", self.inconsistent),
         ):
             lines += [f"  {title}: {item}" for item in items]
+        if self.faults is not None:  # every finding: prepare_coco.py promises them all
+            lines += [f"  {line}" for line in self.faults.format()]
         return "\n".join(lines)
 
 
@@ -180,8 +189,8 @@ def _read_coco_json(report: SplitReport) -> dict | None:
     return coco
 
 
-def _check_ids(report: SplitReport, coco: dict) -> None:
-    """Duplicate ids, and annotations that name an unknown image or category."""
+def _check_ids(report: SplitReport, coco: dict, *, unknown: bool = True) -> None:
+    """Duplicate ids, and with ``unknown`` annotations that name an unknown image or category."""
     path = report.json_file
     try:
         for key in _COCO_KEYS:
@@ -190,6 +199,8 @@ def _check_ids(report: SplitReport, coco: dict) -> None:
                 report.inconsistent.append(
                     f"annotations {path}: {len(dups)} duplicate {key} ids ({_examples(dups)})"
                 )
+        if not unknown:  # the data fault scan names each one
+            return
         image_ids = {image["id"] for image in coco["images"]}
         category_ids = {category["id"] for category in coco["categories"]}
         for key, known in (("image_id", image_ids), ("category_id", category_ids)):
@@ -204,7 +215,8 @@ def _check_ids(report: SplitReport, coco: dict) -> None:
 
 
 def _check_image_files(report: SplitReport, coco: dict, check_images: bool) -> None:
-    """Listed images absent from ``image_dir``; with ``check_images``, also open each one."""
+    """Listed images absent from ``image_dir``; with ``check_images``, also open each one
+    (decoded, with findings, when ``report.faults`` is there)."""
     try:
         on_disk = {entry.name for entry in os.scandir(report.image_dir) if entry.is_file()}
     except OSError as e:
@@ -229,7 +241,11 @@ def _check_image_files(report: SplitReport, coco: dict, check_images: bool) -> N
         )
     if check_images:
         absent = set(missing)
-        _check_image_contents(report, [i for i in images if i.get("file_name") not in absent])
+        present = [i for i in images if i.get("file_name") not in absent]
+        if report.faults is not None:
+            report.faults.findings += find_image_faults(present, report.image_dir, report.json_file)
+        else:
+            _check_image_contents(report, present)
 
 
 def _check_image_contents(report: SplitReport, images: Sequence[dict]) -> None:
@@ -264,6 +280,7 @@ def check_coco_dataset(
     *,
     name: str | None = None,
     check_images: bool = False,
+    faults: bool = False,
 ) -> SplitReport:
     """Check one COCO-format dataset: its instances JSON and the folder of its images.
 
@@ -276,6 +293,9 @@ def check_coco_dataset(
         check_images: also open every listed image (with a progress bar) to find unreadable
             files and sizes that differ from the JSON; without it, only their presence in the
             folder is checked (all of them: one directory listing).
+        faults: also find the data faults (``report.faults``,
+            :func:`~backbones.data.coco_faults.find_coco_faults`; with ``check_images`` the
+            images are decoded, not only opened); fatal ones make the report not ``ok``.
 
     Returns:
         the report; ``report.ok`` is whether everything is there and consistent.
@@ -287,7 +307,9 @@ def check_coco_dataset(
         report.missing.append(f"images folder {image_root}")
     coco = _read_coco_json(report)
     if coco is not None:
-        _check_ids(report, coco)
+        if faults:
+            report.faults = find_coco_faults(coco, json_file)
+        _check_ids(report, coco, unknown=not faults)
         if image_dir_present:
             _check_image_files(report, coco, check_images)
     return report
@@ -298,6 +320,7 @@ def check_coco_layout(
     splits: Sequence[str] = COCO_SPLITS,
     *,
     check_images: bool = False,
+    faults: bool = False,
 ) -> CocoLayoutReport:
     """Check a COCO folder as Detectron2's builtin datasets read it.
 
@@ -307,7 +330,7 @@ def check_coco_layout(
     Args:
         root: the COCO folder; ``None`` means :func:`coco_root`.
         splits: the splits to check.
-        check_images: as in :func:`check_coco_dataset`.
+        check_images, faults: as in :func:`check_coco_dataset`.
 
     Returns:
         the report; ``report.ok`` is whether everything is there and consistent, ``str(report)``
@@ -319,7 +342,7 @@ def check_coco_layout(
         json_file = root / "annotations" / f"instances_{split}.json"
         if root.is_dir():
             report = check_coco_dataset(
-                json_file, root / split, name=split, check_images=check_images
+                json_file, root / split, name=split, check_images=check_images, faults=faults
             )
         else:
             report = SplitReport(split, root / split, json_file, missing=[f"COCO folder {root}"])

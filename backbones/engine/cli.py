@@ -21,11 +21,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
 from ..config import InputSettingsError
-from ..data.coco import datasets_root
+from ..data.coco import check_dataset_entry, datasets_root
+from ..data.coco_faults import COUNTED, FATAL, DataFaultError, scan_coco_file
 from ..errors import BackboneOptionError
 from ..weights import WeightsFormatError
 from .config import ConfigError
 from .distributed import LaunchEnv, LaunchError, RendezvousError
+
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Quiet by default
@@ -249,13 +252,24 @@ class DatasetFilesError(FileNotFoundError):
 def check_datasets(cfg: CfgNode, *, train: bool = True) -> None:
     """Check, before anything is built, that the datasets a run reads are registered and on
     disk: ``DATASETS.TEST`` (evaluated after a training, or alone) and, with ``train``,
-    ``DATASETS.TRAIN``. Only presence is checked (``datasets/prepare_coco.py`` checks contents);
-    the shapes splits, generated on first use, always pass.
+    ``DATASETS.TRAIN``. The JSON of each dataset registered from the config
+    (``--dataset`` / ``BACKBONES.COCO_DATASETS``) is also scanned for data faults
+    (:func:`~backbones.data.coco_faults.find_coco_faults`): fatal ones stop the run, counted ones
+    are logged once as a warning. Detectron2's builtins are only looked for
+    (``datasets/prepare_coco.py`` checks their contents, faults included); the shapes splits,
+    generated on first use, always pass.
 
     Raises:
         ConfigError: a dataset name that is not registered (with the closest one).
         DatasetFilesError: a file or folder that is missing, naming it and where to get it.
+        DataFaultError: a JSON with fatal data faults, or not readable as COCO, naming the
+            file, the first faults with their image and annotation ids, and the fix.
     """
+    own = {
+        check_dataset_entry(f"BACKBONES.COCO_DATASETS[{i}]", entry)[0]
+        for i, entry in enumerate(cfg.BACKBONES.COCO_DATASETS)
+    }
+    scanned: set[str] = set()
     for key in ("DATASETS.TRAIN", "DATASETS.TEST") if train else ("DATASETS.TEST",):
         for name in cfg.DATASETS[key.split(".")[1]]:
             if name not in DatasetCatalog:
@@ -273,6 +287,34 @@ def check_datasets(cfg: CfgNode, *, train: bool = True) -> None:
             ]
             if missing:
                 raise DatasetFilesError(_missing_files(key, name, missing))
+            json_file = meta.get("json_file")
+            if name in own and json_file and json_file not in scanned:
+                scanned.add(json_file)
+                _check_data_faults(key, name, json_file, meta.get("image_root", "IMAGE_ROOT"))
+
+
+def _check_data_faults(key: str, name: str, json_file: str, image_root: str) -> None:
+    """The JSON-only data faults of one dataset: raise on fatal ones, warn on counted ones."""
+    try:
+        report = scan_coco_file(json_file)
+    except DataFaultError as e:
+        raise DataFaultError(f"{key}: dataset {name}: {e}") from None
+    list_all = f"python datasets/prepare_coco.py --dataset {json_file} {image_root}"
+    if not report.ok:
+        raise DataFaultError(
+            f"{key}: dataset {name}: {json_file} has {report.summary(FATAL)}. Fix the JSON "
+            f"(docs/troubleshooting.md, Data faults); list every fault with {list_all}"
+        )
+    if report.counted:
+        logger.warning(
+            "%s: dataset %s: %s has %s. Detectron2 drops or clips these and training goes on; "
+            "list every fault with %s",
+            key,
+            name,
+            json_file,
+            report.summary(COUNTED),
+            list_all,
+        )
 
 
 def _missing_files(key: str, name: str, missing: list[str]) -> str:
@@ -308,6 +350,7 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
 )
 RUNTIME_ERRORS: tuple[type[Exception], ...] = (
     FileNotFoundError,
+    DataFaultError,
     WeightsFormatError,
     RendezvousError,
 )
