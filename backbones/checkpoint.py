@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -17,8 +18,11 @@ from detectron2.config import CfgNode
 from torch import nn
 
 from .config.input_settings import input_settings_of, take_read_ahead
+from .errors import DivergenceError
 from .weights import (
     LoadReport,
+    UnsafeWeightsError,
+    WeightsFormatError,
     atomic_write,
     load_weights,
     read_file,
@@ -30,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Detectron2's checkpointer
+
+
+class UnreadableCheckpointError(WeightsFormatError):
+    """A file that is not a readable checkpoint at all: empty, truncated, not torch's format."""
 
 
 class BackbonesCheckpointer(DetectionCheckpointer):
@@ -82,7 +90,12 @@ class BackbonesCheckpointer(DetectionCheckpointer):
         if weights is not None and weights.is_backbone_only:
             # Read while resolving the config; an ImageNet file holds nothing but the model.
             return {"model": weights.state, "__backbones_weights__": weights}
-        obj = read_file(filename, trusted=self.trusted)
+        try:
+            obj = read_file(filename, trusted=self.trusted)
+        except UnsafeWeightsError:
+            raise
+        except WeightsFormatError as error:
+            raise UnreadableCheckpointError(str(error)) from error
         weights = weights_from_object(obj, filename)
         checkpoint = dict(obj) if isinstance(obj, Mapping) and "model" in obj else {}
         checkpoint["model"] = weights.state
@@ -97,7 +110,59 @@ class BackbonesCheckpointer(DetectionCheckpointer):
         )
         return None
 
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
+        """Detectron2's: with ``resume`` and a checkpoint in ``save_dir``, continue from it, else
+        load ``path`` as weights. A latest checkpoint that cannot be read (truncated, empty,
+        not a checkpoint) is reported by name and the one before it is used, and so on.
+
+        Raises:
+            UnreadableCheckpointError: no checkpoint in ``save_dir`` can be read, naming them.
+        """
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        candidates = self.checkpoint_files()
+        failures: list[str] = []
+        for candidate in candidates:
+            try:
+                checkpoint = self.load(candidate)
+            except UnreadableCheckpointError as error:
+                # Detectron2's load() clears this only when it returns.
+                self._parsed_url_during_load = None
+                failures.append(candidate)
+                self.logger.warning("Cannot resume from it: %s", error)
+                continue
+            if failures:
+                self.logger.warning(
+                    "Resumed from %s, the newest readable checkpoint; unreadable: %s",
+                    candidate,
+                    ", ".join(failures),
+                )
+            return checkpoint
+        raise UnreadableCheckpointError(
+            f"None of the checkpoints in {self.save_dir} can be read ({', '.join(failures)}); "
+            "start without --resume, or in a new OUTPUT_DIR"
+        )
+
+    def checkpoint_files(self) -> list[str]:
+        """The checkpoints of ``save_dir``, newest first: the one ``last_checkpoint`` names,
+        then ``model_final.pth``, then ``model_<iteration>.pth`` by falling iteration."""
+        if not self.save_dir or not os.path.isdir(self.save_dir):
+            return []
+        named = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        found = [f for f in os.listdir(self.save_dir) if _CHECKPOINT_NAME.fullmatch(f)]
+
+        def newest_first(name: str) -> tuple[int, int]:
+            number = _CHECKPOINT_NAME.fullmatch(name).group(1)  # type: ignore[union-attr]
+            return (0, 0) if number is None else (1, -int(number))
+
+        files = [os.path.join(self.save_dir, f) for f in sorted(found, key=newest_first)]
+        if named:
+            files = [named] + [f for f in files if os.path.abspath(f) != os.path.abspath(named)]
+        return files
+
     def save(self, name: str, **kwargs: Any) -> None:
+        # Every process checks (DDP keeps their weights equal), so all stop together.
+        _check_finite(self.model, name, kwargs.get("iteration"))
         if not self.save_dir or not self.save_to_disk:
             return
         data: dict[str, Any] = {"model": self.model.state_dict()}
@@ -115,3 +180,22 @@ class BackbonesCheckpointer(DetectionCheckpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
         atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+
+# Checkpoints a training writes: model_final.pth, model_0004999.pth (group 1: the iteration).
+_CHECKPOINT_NAME = re.compile(r"model_(?:final|(\d+))\.pth")
+
+
+def _check_finite(model: nn.Module, name: str, iteration: int | None) -> None:
+    bad = [
+        key
+        for key, value in model.state_dict().items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise DivergenceError(
+            -1 if iteration is None else iteration,
+            f"the weights are no longer finite ({', '.join(bad[:3])}{more}), after a finite "
+            f"loss: an infinite gradient. {name}.pth was not saved",
+        )

@@ -32,3 +32,44 @@ def check_choice(option: str, value: Any, choices: Iterable[Any], reason: str = 
     choices = tuple(choices)
     if value not in choices:
         raise BackboneOptionError(option, value, ", ".join(repr(c) for c in choices), reason)
+
+
+class DivergenceError(FloatingPointError):
+    """A training whose loss or weights stopped being finite, stopped before anything non-finite
+    was applied or saved.
+
+    Attributes:
+        iteration: the iteration at which it was found.
+        what: what is not finite, e.g. ``loss_box_reg = nan (rank 1)``.
+        lr: the learning rate of that iteration (``None`` if unknown).
+        last_checkpoint: the newest checkpoint saved, all finite (``None``: none yet).
+    """
+
+    # Every process of a training finds it at the same iteration: one of them says it.
+    said_by_main_process = True
+
+    def __init__(
+        self,
+        iteration: int,
+        what: str,
+        *,
+        lr: float | None = None,
+        last_checkpoint: str | None = None,
+    ) -> None:
+        self.iteration, self.what, self.lr = iteration, what, lr
+        self.last_checkpoint = last_checkpoint
+        super().__init__(iteration, what, lr, last_checkpoint)
+
+    def __str__(self) -> str:
+        lr = f" at LR {self.lr:.4g}" if self.lr is not None else ""
+        if self.last_checkpoint:
+            resume = (
+                f"The last good checkpoint is {self.last_checkpoint}; --resume continues from it"
+            )
+        else:
+            resume = "No checkpoint was saved before it, so a new run starts from the beginning"
+        return (
+            f"training diverged at iteration {self.iteration}{lr}: {self.what}. {resume} "
+            "(lower SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS or set "
+            "SOLVER.CLIP_GRADIENTS.ENABLED True first; docs/troubleshooting.md)"
+        )

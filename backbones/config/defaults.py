@@ -5,6 +5,7 @@ from __future__ import annotations
 from detectron2.config import CfgNode as CN
 
 OPTIMIZERS = ("SGD", "AdamW")
+TRAIN_LOADERS = ("resumable", "detectron2")
 
 
 def add_backbones_config(cfg: CN) -> CN:
@@ -82,6 +83,12 @@ def add_backbones_config(cfg: CN) -> CN:
     # unpickler admitting only numpy arrays and containers for .pkl. Options: False; True to
     # unpickle anything (runs code from the file: only for files you trust).
     cfg.BACKBONES.TRUST_WEIGHTS_FILE = False
+    # The training data loader. Options: "resumable": every batch and its augmentations are a
+    #   function of (SEED, iteration), so --resume continues exactly and N processes read what
+    #   one process with N times the batch reads (backbones.data.loader; DATALOADER.SAMPLER_TRAIN
+    #   TrainingSampler or RepeatFactorTrainingSampler); "detectron2": Detectron2's loader (every
+    #   sampler, but a resumed run sees other images than the run it continues).
+    cfg.BACKBONES.TRAIN_LOADER = "resumable"
     # A tensor whose shape differs between MODEL.WEIGHTS and the model is an error, except under
     # these name prefixes, where it is skipped and reported. E.g. fine-tuning a COCO detector on
     # other classes: ["roi_heads.box_predictor", "roi_heads.mask_head.predictor"].

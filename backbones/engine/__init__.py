@@ -5,7 +5,8 @@ processes; ``hooks`` writes loss curves; ``trainer`` is the :class:`Trainer`.
 """
 
 from .config import load_cfg, setup
-from .distributed import DEFAULT_TIMEOUT, create_ddp_model, ddp_device_ids, launch
+from .ddp import create_ddp_model, ddp_device_ids
+from .distributed import DEFAULT_TIMEOUT, launch
 from .hooks import (
     SMOOTHING_WINDOW,
     LossCurveWriter,

@@ -23,7 +23,7 @@ from detectron2.utils import comm
 from ..config import InputSettingsError
 from ..data.coco import check_dataset_entry, datasets_root
 from ..data.coco_faults import COUNTED, FATAL, DataFaultError, scan_coco_file
-from ..errors import BackboneOptionError
+from ..errors import BackboneOptionError, DivergenceError
 from ..weights import WeightsFormatError
 from .config import ConfigError
 from .distributed import LaunchEnv, LaunchError, RendezvousError
@@ -51,6 +51,8 @@ THIRD_PARTY_LOG_RECORDS: tuple[tuple[str, str], ...] = (
     ("torch.fx._symbolic_trace", "is_fx_tracing will return true"),
     # Detectron2's environment report on a machine without CUDA (MODEL.DEVICE says so once).
     ("torch.utils.cpp_extension", "No CUDA runtime is found"),
+    # torch's spawn stopping the other processes after one failed; the error says why.
+    ("torch.multiprocessing.spawn", "Terminating process"),
 )
 
 
@@ -353,6 +355,7 @@ RUNTIME_ERRORS: tuple[type[Exception], ...] = (
     DataFaultError,
     WeightsFormatError,
     RendezvousError,
+    DivergenceError,
 )
 
 _KNOWN = ((USAGE_ERRORS, 2), (RUNTIME_ERRORS, 1))
@@ -392,7 +395,14 @@ def user_errors(*, debug: bool = False) -> Iterator[None]:
         if known is None:
             raise
         message, status = known
+        everyone = getattr(error, "said_by_main_process", False)
+        if everyone and not comm.is_main_process():
+            message = None  # every process has it; the main one says it
         if message is not None:
-            rank = f"rank {comm.get_rank()}: " if comm.get_world_size() > 1 else ""
+            rank = f"rank {comm.get_rank()}: " if comm.get_world_size() > 1 and not everyone else ""
             print(f"error: {rank}{message}", file=sys.stderr, flush=True)
+        if everyone and comm.get_world_size() > 1:
+            # The others wait until the main process has said it: the first process to exit
+            # makes the launcher stop the rest, which could otherwise stop it mid-sentence.
+            comm.synchronize()
         raise SystemExit(status) from None

@@ -1,11 +1,10 @@
 """Multi-process training: processes started here (Detectron2's launch on GPUs, gloo processes
 on CPU) or by torchrun or SLURM's srun (found from their environment variables), a rendezvous
-that times out instead of hanging, and DistributedDataParallel without device ids."""
+that times out instead of hanging (the model's wrapper: :mod:`.ddp`)."""
 
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import re
 import socket
@@ -20,11 +19,9 @@ from urllib.parse import urlparse
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from detectron2.engine.defaults import create_ddp_model as d2_create_ddp_model
 from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.engine.launch import launch as d2_launch
 from detectron2.utils import comm
-from torch import nn
 
 from ..config.input_settings import drop_read_ahead
 
@@ -217,26 +214,6 @@ def detect_launch(environ: Mapping[str, str]) -> LaunchEnv:
             f"{found.world_size} with {found.local_world_size} per machine is not a valid layout"
         )
     return found
-
-
-def ddp_device_ids(model: nn.Module) -> list[int] | None:
-    """``device_ids`` for ``DistributedDataParallel(model)``: this process's GPU for a CUDA
-    module (Detectron2's choice), ``None`` for a CPU module (torch rejects a list there)."""
-    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
-    return None if tensor is None or tensor.device.type == "cpu" else [comm.get_local_rank()]
-
-
-def create_ddp_model(
-    model: nn.Module, *, fp16_compression: bool = False, **kwargs: Any
-) -> nn.Module:
-    """Detectron2's ``create_ddp_model`` that also wraps CPU modules.
-
-    Returns ``model`` itself in a single process; otherwise a ``DistributedDataParallel``
-    with ``device_ids`` from :func:`ddp_device_ids` unless given in ``kwargs``.
-    """
-    if comm.get_world_size() > 1:
-        kwargs.setdefault("device_ids", ddp_device_ids(model))
-    return d2_create_ddp_model(model, fp16_compression=fp16_compression, **kwargs)
 
 
 def launch(

@@ -34,7 +34,8 @@ from ..data.classification import ArrayDataset, ClassificationData, load_classif
 from ..progress import Progress
 from ..weights import atomic_write, read_file
 from .classifier import build_classifier, write_pretrained_weights
-from .distributed import create_ddp_model, launch
+from .ddp import create_ddp_model
+from .distributed import launch
 from .pretrain_run import (
     CHECKPOINT,
     METRICS,

@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
-from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer
+from detectron2.engine import DefaultTrainer, HookBase
 from detectron2.evaluation import (
     DatasetEvaluator,
     LVISEvaluator,
@@ -27,11 +28,13 @@ from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from ..checkpoint import BackbonesCheckpointer
-from ..config.defaults import OPTIMIZERS
-from ..errors import check_choice
+from ..config.defaults import OPTIMIZERS, TRAIN_LOADERS
+from ..data.loader import ResumableBatchSampler, build_resumable_train_loader
+from ..errors import DivergenceError, check_choice
 from ..evaluation import FasterCOCOEvaluator
-from .distributed import create_ddp_model
+from .ddp import create_ddp_model
 from .hooks import LossCurveWriter
+from .loop import ResumableAMPTrainer, ResumableSimpleTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +55,35 @@ EVALUATORS: dict[str, Callable[[CfgNode, str, str], DatasetEvaluator]] = {
 }
 
 
+def shared_seed(seed: int) -> int:
+    """``seed`` when it is >= 0; else a random one drawn by the main process and shared with
+    the others (a training's seed must be the same everywhere to split batches)."""
+    if seed >= 0:
+        return seed
+    drawn = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    return comm.all_gather(drawn)[0] if comm.get_world_size() > 1 else drawn
+
+
+class _DropKnownFailure(logging.Filter):
+    # Detectron2's loop logs every exception with its traceback before re-raising it; a
+    # divergence is said once, as a message, by the command line.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], DivergenceError))
+
+
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` whose model is wrapped for CPU processes too, with
     :class:`BackbonesCheckpointer` (every weight format, safe reading, atomic saves), the
-    ``BACKBONES.OPTIMIZER`` choice, evaluators by ``evaluator_type`` and a loss-curve hook."""
+    ``BACKBONES.OPTIMIZER`` choice, evaluators by ``evaluator_type`` and a loss-curve hook.
+
+    Exact resume: with ``BACKBONES.TRAIN_LOADER`` ``resumable`` (the default) every batch and
+    its augmentations are a function of (seed, iteration) (:mod:`backbones.data.loader`), and
+    each iteration seeds the global RNGs from (seed, iteration, rank) (:mod:`.loop`); the seed
+    (``SEED``, or a drawn one when it is negative) is saved in the checkpoints. So a training
+    killed at any point and resumed with ``--resume`` ends with the weights of the
+    uninterrupted run. A non-finite loss or weight stops every process with
+    :class:`~backbones.errors.DivergenceError`, naming the last good checkpoint.
+    """
 
     def __init__(self, cfg: CfgNode) -> None:
         # DefaultTrainer.__init__, with our create_ddp_model (DDP without device ids for a CPU
@@ -64,12 +92,14 @@ class Trainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        self.seed = shared_seed(cfg.SEED)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False)
-        loop = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        loop = ResumableAMPTrainer if cfg.SOLVER.AMP.ENABLED else ResumableSimpleTrainer
         self._trainer = loop(model, data_loader, optimizer)
+        self._set_seed(self.seed)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = BackbonesCheckpointer(
             model, cfg.OUTPUT_DIR, cfg=cfg, trainer=weakref.proxy(self)
@@ -78,6 +108,69 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode) -> Iterable[list[dict[str, Any]]]:
+        """``BACKBONES.TRAIN_LOADER``: the resumable loader (its seed is set to the training's
+        by the trainer), or Detectron2's."""
+        check_choice("BACKBONES.TRAIN_LOADER", cfg.BACKBONES.TRAIN_LOADER, TRAIN_LOADERS)
+        if cfg.BACKBONES.TRAIN_LOADER == "detectron2":
+            return super().build_train_loader(cfg)
+        return build_resumable_train_loader(cfg, seed=max(cfg.SEED, 0))
+
+    @property
+    def _batch_sampler(self) -> ResumableBatchSampler | None:
+        sampler = getattr(self._trainer.data_loader, "batch_sampler", None)
+        return sampler if isinstance(sampler, ResumableBatchSampler) else None
+
+    def _set_seed(self, seed: int) -> None:
+        self.seed = self._trainer.seed = seed
+        if self._batch_sampler is not None:
+            self._batch_sampler.seed = seed
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Detectron2's, then the data continues at the resumed iteration (with the
+        checkpoint's seed) when the loader is resumable."""
+        super().resume_or_load(resume=resume)
+        if self._batch_sampler is not None:
+            self._batch_sampler.start = self.start_iter
+        elif self.start_iter > 0:
+            logger.warning(
+                "Resuming at iteration %d with a loader that cannot skip to it "
+                "(BACKBONES.TRAIN_LOADER %s): the data order starts anew",
+                self.start_iter,
+                self.cfg.BACKBONES.TRAIN_LOADER,
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["seed"] = self.seed
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "seed" in state_dict and state_dict["seed"] != self.seed:
+            logger.info("Resuming with the checkpoint's seed %d", state_dict["seed"])
+        self._set_seed(state_dict.get("seed", self.seed))
+
+    def train(self) -> Any:
+        """Detectron2's; a :class:`DivergenceError` leaves with the last good checkpoint named
+        (the one ``--resume`` continues from) and without the loop's traceback in the log."""
+        loop_logger = logging.getLogger("detectron2.engine.train_loop")
+        drop = _DropKnownFailure()
+        loop_logger.addFilter(drop)
+        try:
+            return super().train()
+        except DivergenceError as error:
+            if error.iteration < 0:
+                error.iteration = self.iter
+            if error.lr is None:
+                error.lr = self.optimizer.param_groups[0]["lr"]
+            if self.checkpointer.has_checkpoint():
+                error.last_checkpoint = self.checkpointer.get_checkpoint_file()
+            raise
+        finally:
+            loop_logger.removeFilter(drop)
 
     @classmethod
     def build_evaluator(
