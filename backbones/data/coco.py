@@ -23,7 +23,6 @@ from typing import Any
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
-from PIL import Image
 
 from .coco_faults import FaultReport, find_coco_faults, find_image_faults
 
@@ -81,7 +80,7 @@ class SplitReport:
         num_missing_images: listed images that are not on disk.
         faults: with ``faults=True``, the data faults (:mod:`backbones.data.coco_faults`);
             unknown ids and, with ``check_images``, unreadable images and wrong sizes are then
-            findings there instead of ``inconsistent`` lines.
+            findings there instead of ``inconsistent`` lines (which summarise the same checks).
     """
 
     split: str
@@ -245,33 +244,22 @@ def _check_image_files(report: SplitReport, coco: dict, check_images: bool) -> N
         if report.faults is not None:
             report.faults.findings += find_image_faults(present, report.image_dir, report.json_file)
         else:
-            _check_image_contents(report, present)
+            _summarize_image_faults(report, present)
 
 
-def _check_image_contents(report: SplitReport, images: Sequence[dict]) -> None:
-    """Open every image (its header only) and compare its size with the JSON's."""
-    from tqdm import tqdm
-
-    unreadable, wrong_size = [], []
-    for image in tqdm(images, desc=f"{report.split} images", unit="img", leave=False):
-        try:
-            with Image.open(report.image_dir / image["file_name"]) as im:
-                width, height = im.size
-        except OSError:
-            unreadable.append(image["file_name"])
-            continue
-        if (image.get("width"), image.get("height")) not in ((width, height), (None, None)):
-            wrong_size.append(image["file_name"])
-    if unreadable:
-        report.inconsistent.append(
-            f"images: {len(unreadable)} of {len(images)} cannot be read as images "
-            f"({_examples(unreadable)})"
-        )
-    if wrong_size:
-        report.inconsistent.append(
-            f"images: {len(wrong_size)} of {len(images)} differ in size from their JSON "
-            f"width/height ({_examples(wrong_size)})"
-        )
+def _summarize_image_faults(report: SplitReport, images: Sequence[dict]) -> None:
+    """The image faults of :func:`find_image_faults` as one ``inconsistent`` line per kind."""
+    names = {image.get("id"): image.get("file_name") for image in images}
+    findings = find_image_faults(images, report.image_dir, report.json_file)
+    for kind, what in (
+        ("unreadable_image", "cannot be read as images"),
+        ("image_size", "differ in size from their JSON width/height"),
+    ):
+        bad = [names[f.image_id] for f in findings if f.kind == kind]
+        if bad:
+            report.inconsistent.append(
+                f"images: {len(bad)} of {len(images)} {what} ({_examples(bad)})"
+            )
 
 
 def check_coco_dataset(
@@ -290,12 +278,13 @@ def check_coco_dataset(
         json_file: COCO instances JSON.
         image_root: folder the JSON's ``file_name`` entries are relative to.
         name: the name in the report; ``None`` means the JSON's file name.
-        check_images: also open every listed image (with a progress bar) to find unreadable
-            files and sizes that differ from the JSON; without it, only their presence in the
-            folder is checked (all of them: one directory listing).
+        check_images: also decode every listed image (with a progress bar,
+            :func:`~backbones.data.coco_faults.find_image_faults`) to find unreadable files and
+            sizes that differ from the JSON; without it, only their presence in the folder is
+            checked (all of them: one directory listing).
         faults: also find the data faults (``report.faults``,
-            :func:`~backbones.data.coco_faults.find_coco_faults`; with ``check_images`` the
-            images are decoded, not only opened); fatal ones make the report not ``ok``.
+            :func:`~backbones.data.coco_faults.find_coco_faults`, and the image faults as
+            findings); fatal ones make the report not ``ok``.
 
     Returns:
         the report; ``report.ok`` is whether everything is there and consistent.
