@@ -1,7 +1,15 @@
-"""Shared test helpers: configs for both backbones and weight randomisation."""
+"""Shared test helpers: configs for both backbones, weight randomisation, small COCO-format
+datasets on disk and loading a script as a module."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import cv2
 import numpy as np
 import torch
 from detectron2.config import CfgNode
@@ -76,3 +84,51 @@ def caffe2_blobs(model: nn.Module) -> dict[str, np.ndarray]:
             blobs[c2 + "_w"] = value
     blobs["fc1000_w"], blobs["fc1000_b"] = np.zeros((1000, 2048)), np.zeros(1000)
     return blobs
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """A script (``tools/*.py``, ``datasets/*.py``) imported as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_coco_split(
+    image_dir: Path,
+    json_file: Path,
+    num_images: int = 3,
+    *,
+    polygons: bool = False,
+    edit: Callable[[dict], object] | None = None,
+) -> dict:
+    """``num_images`` 24x16 (width x height) PNGs, ids 1, 2, ..., with one box each (annotation
+    ids 11, 12, ..., category ids 5 and 7) and, with ``polygons``, a polygon on each; their COCO
+    JSON, changed by ``edit(coco)`` before it is written. Returns the JSON written."""
+    image_dir.mkdir(parents=True, exist_ok=True)
+    json_file.parent.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(1, num_images + 1):
+        name = f"{i:04d}.png"
+        cv2.imwrite(str(image_dir / name), np.full((16, 24, 3), 40 * i, np.uint8))
+        images.append({"id": i, "file_name": name, "height": 16, "width": 24})
+        annotation = {
+            "id": 10 + i,
+            "image_id": i,
+            "category_id": 5 if i % 2 else 7,
+            "bbox": [2, 2, 8, 6],
+            "area": 48,
+            "iscrowd": 0,
+        }
+        if polygons:
+            annotation["segmentation"] = [[2, 2, 10, 2, 10, 8, 2, 8]]
+        annotations.append(annotation)
+    coco = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 5, "name": "cat"}, {"id": 7, "name": "dog"}],
+    }
+    if edit is not None:
+        edit(coco)
+    json_file.write_text(json.dumps(coco))
+    return coco

@@ -4,7 +4,6 @@ backbone and heads; ``tools/analyze_model.py``."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,8 @@ from backbones.analysis import (
 )
 from backbones.engine import load_cfg
 
+from helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 # Table 1 of He et al. (2015): billions of multiply-adds at 224x224, classifier included.
 PAPER_GFLOPS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
@@ -32,13 +33,6 @@ TORCHVISION_PARAMS = {
     101: 44_549_160,
     152: 60_192_808,
 }
-
-
-def _load_script(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("depth", sorted(PAPER_GFLOPS))
@@ -103,7 +97,7 @@ def test_detector_test_size_is_a_resized_4_by_3_image():
 
 
 def test_cli_writes_the_table_and_csv(tmp_path, capsys):
-    tool = _load_script(ROOT / "tools" / "analyze_model.py", "analyze_model")
+    tool = load_script(ROOT / "tools" / "analyze_model.py", "analyze_model")
     path = tmp_path / "resnets.csv"
     argv = ["--depths", "18", "34", "--size", "224", "224", "--classifier", "--csv", str(path)]
     assert tool.main(argv) == 0
@@ -117,7 +111,7 @@ def test_cli_writes_the_table_and_csv(tmp_path, capsys):
 
 
 def test_cli_detector_row_has_backbone_and_heads(tmp_path, capsys):
-    tool = _load_script(ROOT / "tools" / "analyze_model.py", "analyze_model")
+    tool = load_script(ROOT / "tools" / "analyze_model.py", "analyze_model")
     path = tmp_path / "frcnn.csv"
     config = str(ROOT / "configs" / "frcnn_r50.yaml")
     opts = ["MODEL.RPN.POST_NMS_TOPK_TEST", "50"]  # a lighter box head, to stay fast
@@ -142,7 +136,7 @@ def test_cli_detector_row_has_backbone_and_heads(tmp_path, capsys):
     ],
 )
 def test_cli_refuses_bad_arguments(argv, message, capsys):
-    tool = _load_script(ROOT / "tools" / "analyze_model.py", "analyze_model")
+    tool = load_script(ROOT / "tools" / "analyze_model.py", "analyze_model")
     with pytest.raises(SystemExit) as exit_info:
         tool.main(argv)
     assert exit_info.value.code == 2

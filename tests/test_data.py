@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import uuid
@@ -23,44 +22,16 @@ from backbones.data import (
 )
 from backbones.engine import load_cfg
 
+from helpers import load_script, write_coco_split
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "mrcnn_r18_shapes.yaml"
 NUM_IMAGES = 3
 
 
-def _load_script(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def write_split(image_dir: Path, json_file: Path, num_images: int = NUM_IMAGES) -> dict:
     """``num_images`` 16x24 PNGs with one box each, and their COCO JSON (category ids 5, 7)."""
-    image_dir.mkdir(parents=True, exist_ok=True)
-    json_file.parent.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
-    for i in range(1, num_images + 1):
-        name = f"{i:04d}.png"
-        cv2.imwrite(str(image_dir / name), np.full((16, 24, 3), 40 * i, np.uint8))
-        images.append({"id": i, "file_name": name, "height": 16, "width": 24})
-        annotations.append(
-            {
-                "id": 10 + i,
-                "image_id": i,
-                "category_id": 5 if i % 2 else 7,
-                "bbox": [2, 2, 8, 6],
-                "area": 48,
-                "iscrowd": 0,
-            }
-        )
-    coco = {
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": 5, "name": "cat"}, {"id": 7, "name": "dog"}],
-    }
-    json_file.write_text(json.dumps(coco))
-    return coco
+    return write_coco_split(image_dir, json_file, num_images)
 
 
 @pytest.fixture
@@ -190,7 +161,7 @@ def test_link_coco(coco, tmp_path):
 
 
 def test_prepare_coco_cli(coco, tmp_path, capsys):
-    prepare = _load_script(ROOT / "datasets" / "prepare_coco.py", "prepare_coco")
+    prepare = load_script(ROOT / "datasets" / "prepare_coco.py", "prepare_coco")
     root = tmp_path / "linked"
     assert prepare.main(["--root", str(root), "--link", str(coco), "--check-images"]) == 0
     assert f"COCO layout at {root}: OK" in capsys.readouterr().out
@@ -209,7 +180,7 @@ def test_check_own_dataset(coco, tmp_path, capsys):
     assert report.missing == [f"images folder {tmp_path / 'absent'}"]
     assert report.format().startswith("pets: INCOMPLETE")
 
-    prepare = _load_script(ROOT / "datasets" / "prepare_coco.py", "prepare_coco")
+    prepare = load_script(ROOT / "datasets" / "prepare_coco.py", "prepare_coco")
     assert prepare.main(["--dataset", str(json_file), str(image_root)]) == 0
     assert "instances_val2017.json: OK" in capsys.readouterr().out
     (image_root / "0003.png").unlink()
@@ -280,7 +251,7 @@ def test_register_from_cfg_errors(entries, error, message):
 
 
 def test_train_net_dataset_flag(coco, name, tmp_path):
-    train_net = _load_script(ROOT / "tools" / "train_net.py", "train_net")
+    train_net = load_script(ROOT / "tools" / "train_net.py", "train_net")
     val = [str(coco / "annotations" / "instances_val2017.json"), str(coco / "val2017")]
     train = [str(coco / "annotations" / "instances_train2017.json"), str(coco / "train2017")]
     yaml = tmp_path / "custom.yaml"

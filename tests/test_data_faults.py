@@ -4,7 +4,6 @@ before anything is built, counted ones are logged; ``datasets/prepare_coco.py`` 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -30,6 +29,8 @@ from backbones.data.coco_faults import (
 from backbones.engine import load_cfg
 from backbones.engine.cli import check_datasets, describe_error
 
+from helpers import load_script, write_coco_split
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = "configs/mrcnn_r18_shapes.yaml"
 WIDTH, HEIGHT = 24, 16
@@ -38,33 +39,8 @@ WIDTH, HEIGHT = 24, 16
 def write_dataset(folder: Path, edit=None) -> tuple[Path, Path]:
     """``folder/images``: three 24x16 PNGs, ids 1-3; ``folder/train.json``: one box and polygon
     on each (annotation ids 11-13, category ids 5, 7), changed by ``edit(coco)`` first."""
-    image_root = folder / "images"
-    image_root.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
-    for i in (1, 2, 3):
-        name = f"{i:04d}.png"
-        Image.fromarray(np.full((HEIGHT, WIDTH, 3), 40 * i, np.uint8)).save(image_root / name)
-        images.append({"id": i, "file_name": name, "height": HEIGHT, "width": WIDTH})
-        annotations.append(
-            {
-                "id": 10 + i,
-                "image_id": i,
-                "category_id": 5 if i % 2 else 7,
-                "bbox": [2, 2, 8, 6],
-                "segmentation": [[2, 2, 10, 2, 10, 8, 2, 8]],
-                "area": 48,
-                "iscrowd": 0,
-            }
-        )
-    coco = {
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": 5, "name": "cat"}, {"id": 7, "name": "dog"}],
-    }
-    if edit is not None:
-        edit(coco)
-    json_file = folder / "train.json"
-    json_file.write_text(json.dumps(coco))
+    image_root, json_file = folder / "images", folder / "train.json"
+    write_coco_split(image_root, json_file, polygons=True, edit=edit)
     return json_file, image_root
 
 
@@ -320,10 +296,7 @@ def test_train_net_stops_before_building_anything(tmp_path):
 
 
 def _prepare_coco():
-    spec = importlib.util.spec_from_file_location("prepare_coco", ROOT / "datasets/prepare_coco.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "datasets/prepare_coco.py", "prepare_coco")
 
 
 def test_prepare_coco_lists_every_fault(tmp_path, capsys):
