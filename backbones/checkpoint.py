@@ -149,13 +149,13 @@ class BackbonesCheckpointer(DetectionCheckpointer):
         if not self.save_dir or not os.path.isdir(self.save_dir):
             return []
         named = self.get_checkpoint_file() if self.has_checkpoint() else ""
-        found = [f for f in os.listdir(self.save_dir) if _CHECKPOINT_NAME.fullmatch(f)]
-
-        def newest_first(name: str) -> tuple[int, int]:
-            number = _CHECKPOINT_NAME.fullmatch(name).group(1)  # type: ignore[union-attr]
-            return (0, 0) if number is None else (1, -int(number))
-
-        files = [os.path.join(self.save_dir, f) for f in sorted(found, key=newest_first)]
+        found = []  # (final first, then by falling iteration), name
+        for name in os.listdir(self.save_dir):
+            match = _CHECKPOINT_NAME.fullmatch(name)
+            if match:
+                number = match.group(1)
+                found.append(((0, 0) if number is None else (1, -int(number)), name))
+        files = [os.path.join(self.save_dir, name) for _, name in sorted(found)]
         if named:
             files = [named] + [f for f in files if os.path.abspath(f) != os.path.abspath(named)]
         return files
@@ -186,16 +186,24 @@ class BackbonesCheckpointer(DetectionCheckpointer):
 _CHECKPOINT_NAME = re.compile(r"model_(?:final|(\d+))\.pth")
 
 
-def _check_finite(model: nn.Module, name: str, iteration: int | None) -> None:
+def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> str | None:
+    """``a, b, c and 4 more``: the floating-point tensors of ``state`` (a state dict) that
+    hold a NaN or an infinity, or ``None`` when all are finite."""
     bad = [
         key
-        for key, value in model.state_dict().items()
+        for key, value in state.items()
         if value.is_floating_point() and not bool(torch.isfinite(value).all())
     ]
-    if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    if not bad:
+        return None
+    return ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+
+
+def _check_finite(model: nn.Module, name: str, iteration: int | None) -> None:
+    bad = nonfinite_tensors(model.state_dict())
+    if bad is not None:
         raise DivergenceError(
             -1 if iteration is None else iteration,
-            f"the weights are no longer finite ({', '.join(bad[:3])}{more}), after a finite "
-            f"loss: an infinite gradient. {name}.pth was not saved",
+            f"the weights are no longer finite ({bad}), after a finite loss: an infinite "
+            f"gradient. {name}.pth was not saved",
         )

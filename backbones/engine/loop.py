@@ -19,6 +19,7 @@ import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils import comm
 
+from ..checkpoint import nonfinite_tensors
 from ..data.loader import derive_seed, seed_all_from
 from ..errors import DivergenceError
 
@@ -64,17 +65,15 @@ class _Resumable:
         # without talking): the next forward would otherwise fail on some processes only.
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         norm = torch.nn.utils.get_total_norm(parameters, foreach=True) if parameters else None
-        if norm is not None and not bool(torch.isfinite(norm)):
-            names = [
-                name
-                for name, p in getattr(self.model, "module", self.model).named_parameters()
-                if p.requires_grad and not bool(torch.isfinite(p).all())
-            ]
-            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        if norm is None or bool(torch.isfinite(norm)):
+            return
+        # The norm also overflows for huge finite weights: only a non-finite tensor stops.
+        bad = nonfinite_tensors(getattr(self.model, "module", self.model).state_dict())
+        if bad is not None:
             raise DivergenceError(
                 self.iter,
-                f"the step made weights that are not finite ({', '.join(names[:3])}{more}) "
-                "from a finite loss: an infinite gradient",
+                f"the step made weights that are not finite ({bad}) from a finite loss: an "
+                "infinite gradient",
             )
 
     def _write_metrics(

@@ -55,15 +55,6 @@ EVALUATORS: dict[str, Callable[[CfgNode, str, str], DatasetEvaluator]] = {
 }
 
 
-def shared_seed(seed: int) -> int:
-    """``seed`` when it is >= 0; else a random one drawn by the main process and shared with
-    the others (a training's seed must be the same everywhere to split batches)."""
-    if seed >= 0:
-        return seed
-    drawn = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-    return comm.all_gather(drawn)[0] if comm.get_world_size() > 1 else drawn
-
-
 class _DropKnownFailure(logging.Filter):
     # Detectron2's loop logs every exception with its traceback before re-raising it; a
     # divergence is said once, as a message, by the command line.
@@ -92,7 +83,8 @@ class Trainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        self.seed = shared_seed(cfg.SEED)
+        # A training's seed is the same in every process (each takes a slice of one batch).
+        self.seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
