@@ -37,7 +37,7 @@ test-fast: $(READY)
 	$(TEST_ENV) $(PYTHON) -m pytest -n $(TEST_WORKERS)
 
 # Formatting and lint (pyproject.toml): black, isort and ruff, installed into .venv on first use.
-LINT_PATHS := backbones tools tests datasets setup.py
+LINT_PATHS := backbones tools tests datasets dev setup.py
 LINTERS := $(VENV)/.backbones-linters
 
 $(LINTERS): $(READY)

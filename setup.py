@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["backbones", "backbones.*"]),
     # The reference figures of the depth report (the paper's Table 8, the model zoos).
-    package_data={"backbones.analysis": ["references.yaml"]},
+    package_data={"backbones.study.report": ["references.yaml"]},
     install_requires=[
         "torch>=2.1",
         "torchvision",

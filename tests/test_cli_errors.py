@@ -17,14 +17,9 @@ import torch
 import torch.multiprocessing as mp
 
 from backbones import Trainer, load_cfg
-from backbones.engine.cli import (
-    THIRD_PARTY_LOG_RECORDS,
-    check_datasets,
-    describe_error,
-    quiet_third_party_warnings,
-    user_errors,
-)
+from backbones.engine.cli import check_datasets, describe_error, user_errors
 from backbones.engine.config import ConfigError
+from backbones.quiet import THIRD_PARTY_LOG_RECORDS, quiet_third_party_warnings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = "configs/mrcnn_r18_shapes.yaml"

@@ -11,14 +11,14 @@ import torch
 from detectron2.modeling import build_model
 from torch import nn
 
-from backbones.analysis import (
+from backbones.engine import load_cfg
+from backbones.study.report import (
     count_gflops,
     count_parameters,
     detector_complexity,
     detector_test_size,
     resnet_complexity,
 )
-from backbones.engine import load_cfg
 
 from helpers import load_script
 

@@ -1,5 +1,6 @@
-"""The degradation experiment (``tools/degradation.py``, ``backbones.analysis.degradation``): the
-four nets train a few iterations each (shrunk widths, tiny CIFAR-10-format data), and the CSV,
+"""The degradation experiment (``tools/degradation.py``,
+``backbones.study.experiments.degradation``): the four nets train a few iterations each (shrunk
+widths, tiny CIFAR-10-format data), and the CSV,
 the figure and the table come out; ``--resume`` skips finished nets."""
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 
 from backbones import read_weights
-from backbones.analysis.degradation import plan_degradation
-from backbones.analysis.pretrain_plots import CSV_COLUMNS, NetCurve, final_errors_table
+from backbones.study.experiments.degradation import plan_degradation
+from backbones.study.report.pretrain_plots import CSV_COLUMNS, NetCurve, final_errors_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The depth report (``backbones.analysis.depth_report``, ``tools/depth_report.py``) on run
+"""The depth report (``backbones.study.report.depth_report``, ``tools/depth_report.py``) on run
 directories written here as Detectron2's trainer leaves them: three finished depths, a run
 without evaluation and an unfinished one."""
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from backbones import load_cfg
-from backbones.analysis.depth_report import write_depth_report
-from backbones.analysis.runs import (
+from backbones.study.report.depth_report import write_depth_report
+from backbones.study.report.runs import (
     FINISHED,
     NO_CONFIG,
     NO_EVALUATION,

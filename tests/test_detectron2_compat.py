@@ -1,6 +1,6 @@
 """Our backbones where Detectron2 expects its own: the classes and attributes its code reads,
 tracing and scripting whole R-CNNs, FLOP counts and checkpoints, on Detectron2's zoo configs with
-shrunk widths (full R-50 topology). tools/run_detectron2_tests.py runs Detectron2's own tests."""
+shrunk widths (full R-50 topology). dev/run_detectron2_tests.py runs Detectron2's own tests."""
 
 from __future__ import annotations
 

@@ -263,7 +263,7 @@ def test_design_tree_lists_every_module():
     # A subpackage's __init__.py (its re-exports) is its folder's line.
     actual = {
         rel(p)
-        for folder in ("backbones", "tools")
+        for folder in ("backbones", "tools", "dev")
         for p in (ROOT / folder).rglob("*.py")
         if p.name != "__init__.py" or p.parent == ROOT / "backbones"
     }

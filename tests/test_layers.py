@@ -26,7 +26,10 @@ LAYERS = {
     "engine": 5,
     "inference": 5,
     "export": 5,
-    "analysis": 6,
+    "benchmark": 5,
+    "quiet": 0,
+    "coco_json": 0,
+    "study": 6,
 }
 MAX_LINES = 500
 

@@ -1,5 +1,5 @@
-"""Classifier pretraining (``backbones.engine.pretrain``, ``tools/pretrain_classifier.py``) and its
-data (``backbones.data.classification``, ``backbones.data.synthetic_classes``): the weights it
+"""Classifier pretraining (``backbones.study.pretrain``, ``tools/pretrain_classifier.py``) and
+its data (``backbones.study.data``): the weights it
 writes load strictly into ``make_resnet`` and a detector config with the input settings the
 pretraining used; resuming equals an uninterrupted run; bad data folders and options are errors
 that name them.
@@ -25,21 +25,21 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from backbones import BackbonesCheckpointer, load_cfg, make_resnet, read_weights
-from backbones.data.classification import (
+from backbones.errors import BackboneOptionError
+from backbones.study.data.classification import (
     ClassificationDataError,
     DataSpec,
     load_classification_data,
     read_cifar10,
 )
-from backbones.data.synthetic_classes import (
+from backbones.study.data.synthetic_classes import (
     class_names,
     ensure_synthetic_split,
     render_classes,
 )
-from backbones.engine.classifier import PIXEL_MEAN, PIXEL_STD, parse_resnet_options
-from backbones.engine.pretrain import pretrain
-from backbones.engine.pretrain_run import PretrainRun, Recipe
-from backbones.errors import BackboneOptionError
+from backbones.study.pretrain.classifier import PIXEL_MEAN, PIXEL_STD, parse_resnet_options
+from backbones.study.pretrain.run import PretrainRun, Recipe
+from backbones.study.pretrain.train import pretrain
 from backbones.weights import load_weights, read_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -317,7 +317,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, synthetic_root):
 
 
 def test_resuming_with_another_net_is_refused(tmp_path, synthetic_root):
-    from backbones.engine.pretrain_run import ResumeError
+    from backbones.study.pretrain.run import ResumeError
 
     first = tiny_run(tmp_path, synthetic_root, max_iter=2)
     first.stop_at = 1

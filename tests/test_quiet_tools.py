@@ -1,5 +1,5 @@
 """The tools as a user runs them (fresh processes, Python's default warning filters): no
-third-party deprecation notice on stderr (``backbones.engine.cli.THIRD_PARTY_WARNINGS``), while
+third-party deprecation notice on stderr (``backbones.quiet.THIRD_PARTY_WARNINGS``), while
 the package's own warnings still show. The tests themselves see every warning (pytest.ini)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backbones.engine.cli import THIRD_PARTY_WARNINGS
+from backbones.quiet import THIRD_PARTY_WARNINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the notices say, besides THIRD_PARTY_WARNINGS' own patterns.

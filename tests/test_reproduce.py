@@ -1,5 +1,5 @@
-"""The small-scale reproduction (``backbones.analysis.reproduce``, ``tools/reproduce_small.py``):
-its plan, and the whole pipeline at a tiny size (slow)."""
+"""The small-scale reproduction (``backbones.study.experiments.reproduce``,
+``tools/reproduce_small.py``): its plan, and the whole pipeline at a tiny size (slow)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_sweep import TINY_OPTS
 
-from backbones.analysis import reproduce
+from backbones.study.experiments import reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,5 @@
-"""The depth sweep (``backbones.analysis.sweep``, ``tools/depth_sweep.py``): commands, skipping
-finished runs, resuming partial ones, failures, all without training through the
+"""The depth sweep (``backbones.study.experiments.sweep``, ``tools/depth_sweep.py``):
+commands, skipping finished runs, resuming partial ones, failures, all without training through the
 ``run_training`` seam; and one real sweep of two tiny shapes runs (slow)."""
 
 from __future__ import annotations
@@ -15,8 +15,15 @@ from pathlib import Path
 
 import pytest
 
-import backbones.analysis.sweep as sweep_module
-from backbones.analysis.sweep import FINISHED, NEW, PARTIAL, run_state, run_sweep, run_training
+import backbones.study.experiments.sweep as sweep_module
+from backbones.study.experiments.sweep import (
+    FINISHED,
+    NEW,
+    PARTIAL,
+    run_state,
+    run_sweep,
+    run_training,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [ROOT / "configs" / f"mrcnn_r{depth}_shapes.yaml" for depth in (18, 34, 50)]

@@ -10,22 +10,22 @@ detector of a config at its test size, backbone and heads apart (``--config-file
     tools/analyze_model.py --config-file configs/frcnn_r50.yaml --csv frcnn_r50.csv
     tools/analyze_model.py --config-file configs/mrcnn_r50.yaml MODEL.RESNETS.DEPTH 101
 
-Progress goes to stderr; the counts are those of :mod:`backbones.analysis.complexity`.
+Progress goes to stderr; the counts are those of :mod:`backbones.study.report.complexity`.
 """
 
 from __future__ import annotations
 
-import warnings
+# First: importing backbones hides Detectron2's import-time notices; main() hides the rest.
+from backbones.quiet import quiet_third_party_warnings
 
-# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
-warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+# isort: split
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+import argparse
+import sys
+from collections.abc import Sequence
 
-from backbones import DEPTHS, load_cfg  # noqa: E402
-from backbones.analysis import (  # noqa: E402
+from backbones import DEPTHS, load_cfg
+from backbones.study.report import (
     PAPER_GFLOPS,
     detector_complexity,
     detector_test_size,
@@ -33,7 +33,6 @@ from backbones.analysis import (  # noqa: E402
     resnet_complexity,
     write_csv,
 )
-from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
 
 PAPER_SIZE = (224, 224)
 

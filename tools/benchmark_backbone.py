@@ -1,19 +1,20 @@
 #!/usr/bin/env python3
 """Benchmark our ResNet-FPN against Detectron2's built-in one (same weights, same process)."""
 
+from __future__ import annotations
+
+# First: importing backbones hides Detectron2's import-time notices; main() hides the rest.
+from backbones.quiet import quiet_third_party_warnings
+
+# isort: split
+
+import argparse
 import warnings
 
-# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
-warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+import torch
 
-import argparse  # noqa: E402
-
-import torch  # noqa: E402
-
-from backbones import load_cfg  # noqa: E402
-from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
-
-from benchmarks import FPN_OPTS, benchmark_detector, benchmark_fpn  # noqa: E402
+from backbones import load_cfg
+from backbones.benchmark import FPN_OPTS, benchmark_detector, benchmark_fpn
 
 
 def main() -> None:

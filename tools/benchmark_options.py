@@ -12,21 +12,20 @@
 
 from __future__ import annotations
 
-import warnings
+# First: importing backbones hides Detectron2's import-time notices; main() hides the rest.
+from backbones.quiet import quiet_third_party_warnings
 
-# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
-warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+# isort: split
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from typing import Callable  # noqa: E402
+import argparse
+import statistics
+import time
+from typing import Callable
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from backbones import make_resnet  # noqa: E402
-from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
+from backbones import make_resnet
 
 
 def _median_seconds(step: Callable[[], object], iters: int, warmup: int = 1) -> float:

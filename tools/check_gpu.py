@@ -12,25 +12,24 @@ Every speed figure is a ratio against the built-in model timed in the same proce
 
 from __future__ import annotations
 
+# First: importing backbones hides Detectron2's import-time notices; main() hides the rest.
+from backbones.quiet import quiet_third_party_warnings
+
+# isort: split
+
+import argparse
+import copy
+import json
+import time
 import warnings
 
-# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
-warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-from detectron2.layers import ShapeSpec  # noqa: E402
-from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone  # noqa: E402
-
-from backbones import backbones_build_resnet_fpn_backbone, load_cfg  # noqa: E402
-from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
-from backbones.modeling import MEMORY_FORMATS  # noqa: E402
-
-from benchmarks import FPN_OPTS, Timing, benchmark_detector, benchmark_fpn  # noqa: E402
+from backbones import backbones_build_resnet_fpn_backbone, load_cfg
+from backbones.benchmark import FPN_OPTS, Timing, benchmark_detector, benchmark_fpn
+from backbones.modeling import MEMORY_FORMATS
 
 
 def fpn_cfg(*opts, **resnets):

@@ -15,19 +15,19 @@ file's checking and COCOeval show their progress on stderr (a line every 5 s, wi
 
 from __future__ import annotations
 
+# First: importing backbones hides Detectron2's import-time notices; main() hides the rest.
+from backbones.quiet import quiet_third_party_warnings
+
+# isort: split
+
+import argparse
+import logging
+import sys
 import warnings
+from collections.abc import Sequence
+from pathlib import Path
 
-# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
-warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
-
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
-from backbones.evaluation import (  # noqa: E402
+from backbones.evaluation import (
     IOU_TYPES,
     COCOFormatError,
     COCOResultsWarning,

@@ -11,21 +11,20 @@ config lines that go with it (also stored in the file)::
 
 from __future__ import annotations
 
-import warnings
+# First: importing backbones hides Detectron2's import-time notices; main() hides the rest.
+from backbones.quiet import quiet_third_party_warnings
 
-# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
-warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+# isort: split
 
-import argparse  # noqa: E402
-import io  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+import argparse
+import io
+import os
+import sys
+import time
 
-from tqdm import tqdm  # noqa: E402
+from tqdm import tqdm
 
-from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
-from backbones.weights import (  # noqa: E402
+from backbones.weights import (
     WeightsFormatError,
     read_weights,
     write_detectron2_checkpoint,

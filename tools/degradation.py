@@ -17,32 +17,31 @@ decay 1e-4); make_resnet options for every net go last as KEY VALUE pairs. Examp
 
 from __future__ import annotations
 
-import warnings
+# First: importing backbones hides Detectron2's import-time notices; main() hides the rest.
+from backbones.quiet import quiet_third_party_warnings
 
-# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
-warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+# isort: split
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+import argparse
+import sys
+from collections.abc import Sequence
 
-from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.utils.logger import setup_logger
 
-from backbones.analysis.degradation import (  # noqa: E402
+from backbones.errors import BackboneOptionError
+from backbones.study.data.classification import ClassificationDataError
+from backbones.study.experiments.degradation import (
     DEFAULT_DEPTHS,
     DEGRADATION_RECIPE,
     run_degradation,
 )
-from backbones.data.classification import ClassificationDataError  # noqa: E402
-from backbones.engine.classifier import parse_resnet_options  # noqa: E402
-from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
-from backbones.engine.pretrain_run import (  # noqa: E402
+from backbones.study.pretrain.classifier import parse_resnet_options
+from backbones.study.pretrain.run import (
     Recipe,
     ResumeError,
     add_pretrain_arguments,
     pretrain_settings,
 )
-from backbones.errors import BackboneOptionError  # noqa: E402
 
 DEFAULT_MAX_ITER = 6000
 

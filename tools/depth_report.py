@@ -20,18 +20,17 @@ Runs that did not finish, have no evaluation or no readable config.yaml are list
 
 from __future__ import annotations
 
-import warnings
+# First: importing backbones hides Detectron2's import-time notices; main() hides the rest.
+from backbones.quiet import quiet_third_party_warnings
 
-# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
-warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+# isort: split
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
 
-from backbones.analysis import REFERENCES_FILE, write_depth_report  # noqa: E402
-from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
+from backbones.study.report import REFERENCES_FILE, write_depth_report
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

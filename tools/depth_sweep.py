@@ -20,22 +20,21 @@ at N is skipped by later sweeps: to train it longer, run train_net.py --resume o
 
 from __future__ import annotations
 
-import warnings
+# First: importing backbones hides Detectron2's import-time notices; main() hides the rest.
+from backbones.quiet import quiet_third_party_warnings
 
-# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
-warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+# isort: split
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import shlex  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import logging
+import os
+import re
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
 
-from backbones.analysis.sweep import DEFAULT_OUTPUT_ROOT, run_sweep  # noqa: E402
-from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
+from backbones.study.experiments.sweep import DEFAULT_OUTPUT_ROOT, run_sweep
 
 # The training script next to this one, as the commands show it (relative when below here).
 TRAIN_NET = Path(__file__).resolve().with_name("train_net.py")

@@ -6,18 +6,20 @@ Examples:
     python tools/export_backbone.py --preset R-50-D --weights resnet50d.pth --output r50d.pt
 """
 
+from __future__ import annotations
+
+# First: importing backbones hides Detectron2's import-time notices; main() hides the rest.
+from backbones.quiet import quiet_third_party_warnings
+
+# isort: split
+
+import argparse
+import ast
+import logging
 import warnings
 
-# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
-warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
-
-import argparse  # noqa: E402
-import ast  # noqa: E402
-import logging  # noqa: E402
-
-from backbones import PRESETS, make_resnet, make_resnet_fpn  # noqa: E402
-from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
-from backbones.export import (  # noqa: E402
+from backbones import PRESETS, make_resnet, make_resnet_fpn
+from backbones.export import (
     check_export,
     example_images,
     export_onnx,

@@ -11,16 +11,15 @@ Run it again after an interruption: finished steps are skipped, interrupted ones
 
 from __future__ import annotations
 
-import warnings
+# First: importing backbones hides Detectron2's import-time notices; main() hides the rest.
+from backbones.quiet import quiet_third_party_warnings
 
-# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
-warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+# isort: split
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
+import argparse
+import logging
 
-from backbones.analysis.reproduce import reproduce_small  # noqa: E402
-from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
+from backbones.study.experiments.reproduce import reproduce_small
 
 
 def main() -> None:

@@ -17,35 +17,34 @@ traceback (docs/troubleshooting.md). Examples::
 
 from __future__ import annotations
 
-import warnings
+# First: importing backbones hides Detectron2's import-time notices; main() hides the rest.
+from backbones.quiet import quiet_third_party_warnings
 
-# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
-warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+# isort: split
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-from datetime import timedelta  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import logging
+import os
+from datetime import timedelta
+from typing import Any
 
-from detectron2.config import CfgNode  # noqa: E402
-from detectron2.engine import default_argument_parser  # noqa: E402
-from detectron2.evaluation import verify_results  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
+from detectron2.config import CfgNode
+from detectron2.engine import default_argument_parser
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
 
-from backbones import BackbonesCheckpointer, Trainer, load_cfg  # noqa: E402
-from backbones.engine import launch, setup  # noqa: E402
-from backbones.engine.cli import (  # noqa: E402
+from backbones import BackbonesCheckpointer, Trainer, load_cfg
+from backbones.engine import launch, setup
+from backbones.engine.cli import (
     check_datasets,
     check_devices,
     describe_launch,
     plan_launch,
-    quiet_third_party_warnings,
     training_batch,
     user_errors,
 )
-from backbones.engine.config import ConfigError  # noqa: E402
-from backbones.engine.distributed import DEFAULT_RENDEZVOUS_TIMEOUT, detect_launch  # noqa: E402
+from backbones.engine.config import ConfigError
+from backbones.engine.distributed import DEFAULT_RENDEZVOUS_TIMEOUT, detect_launch
 
 logger = logging.getLogger("backbones.train_net")
 

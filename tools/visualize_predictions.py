@@ -9,19 +9,18 @@ Example::
 
 from __future__ import annotations
 
-import warnings
+# First: importing backbones hides Detectron2's import-time notices; main() hides the rest.
+from backbones.quiet import quiet_third_party_warnings
 
-# fvcore warns while Detectron2 is imported, before main() can quiet_third_party_warnings().
-warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+# isort: split
 
-import argparse  # noqa: E402
+import argparse
 
-from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.utils.logger import setup_logger
 
-import backbones  # noqa: E402, F401  (registers our backbones and the shapes datasets)
-from backbones import load_cfg  # noqa: E402
-from backbones.engine.cli import quiet_third_party_warnings  # noqa: E402
-from backbones.inference import visualize_predictions  # noqa: E402
+import backbones  # noqa: F401  (registers our backbones and the shapes datasets)
+from backbones import load_cfg
+from backbones.inference import visualize_predictions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

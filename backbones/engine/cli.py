@@ -1,7 +1,6 @@
 """What the command-line tools add around a training: the processes from the flags and the
 launcher's environment, the checks that find a user's mistakes before anything starts, one
-``error: ...`` line instead of a traceback for them, the start line, and no third-party
-deprecation noise."""
+``error: ...`` line instead of a traceback for them, and the start line."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import difflib
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlparse
@@ -29,56 +27,6 @@ from .config import ConfigError
 from .distributed import LaunchEnv, LaunchError, RendezvousError
 
 logger = logging.getLogger(__name__)
-
-# ---------------------------------------------------------------------------------------------
-# Quiet by default
-
-# Third-party deprecation notices that a user of the tools can do nothing about, as
-# (message regex, category); never one of ours. pytest.ini keeps its own list for the tests.
-THIRD_PARTY_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
-    # fvcore and Detectron2 script functions while imported; the exporters trace on purpose.
-    (r"`torch\.jit\.\w+` is deprecated", FutureWarning),
-    # Detectron2's anchor generator calls torch.meshgrid without indexing=.
-    (r"torch\.meshgrid: in an upcoming release", UserWarning),
-    (r"pkg_resources is deprecated", UserWarning),
-    # DistributedDataParallel(broadcast_buffers=False), Detectron2's choice and the trainer's:
-    # torch says to keep it until its replacement can skip the first sync.
-    (r"`broadcast_buffers` is deprecated", FutureWarning),
-)
-# The same for log records, as (logger, message start).
-THIRD_PARTY_LOG_RECORDS: tuple[tuple[str, str], ...] = (
-    # Detectron2's ROIPooler asks torch.fx whether it is tracing.
-    ("torch.fx._symbolic_trace", "is_fx_tracing will return true"),
-    # Detectron2's environment report on a machine without CUDA (MODEL.DEVICE says so once).
-    ("torch.utils.cpp_extension", "No CUDA runtime is found"),
-    # torch's spawn stopping the other processes after one failed; the error says why.
-    ("torch.multiprocessing.spawn", "Terminating process"),
-)
-
-
-class _DropRecords(logging.Filter):
-    def __init__(self, start: str) -> None:
-        super().__init__()
-        self.start = start
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.start)
-
-
-def quiet_third_party_warnings() -> None:
-    """Hide :data:`THIRD_PARTY_WARNINGS` and :data:`THIRD_PARTY_LOG_RECORDS` in this process.
-
-    For the tools' ``main`` (and each process they start), not for library code or tests. A
-    notice raised while Detectron2 is imported comes before any ``main``: a tool filters that
-    one first thing, as ``tools/train_net.py`` does.
-    """
-    for message, category in THIRD_PARTY_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)
-    for name, start in THIRD_PARTY_LOG_RECORDS:
-        log = logging.getLogger(name)
-        if not any(isinstance(f, _DropRecords) and f.start == start for f in log.filters):
-            log.addFilter(_DropRecords(start))
-
 
 # ---------------------------------------------------------------------------------------------
 # The processes of a training

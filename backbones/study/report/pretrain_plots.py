@@ -52,7 +52,7 @@ def plot_training_curve(
 
 
 class TrainingCurveWriter:
-    """``after_eval`` of a :class:`~backbones.engine.pretrain_run.PretrainRun`: redraws
+    """``after_eval`` of a :class:`~backbones.study.pretrain.run.PretrainRun`: redraws
     ``<output_dir>/training_curve.png`` after each evaluation (picklable, for CPU processes)."""
 
     def __init__(self, title: str = "", filename: str = CURVE_FILE) -> None:

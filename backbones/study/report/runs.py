@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from detectron2.config import CfgNode
 
-from ..engine import load_cfg, load_metrics
+from ...engine import load_cfg, load_metrics
 from .complexity import detector_complexity
 
 REFERENCES_FILE = Path(__file__).with_name("references.yaml")

@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .shapes import default_root, publish_generated, read_params
+from ...data.shapes import default_root, publish_generated, read_params
 
 SHAPES = tuple("disk ring triangle square hexagon star cross crescent arrow heart".split())
 TEXTURES = tuple("solid stripes checker dots grid rings gradient waves speckle halves".split())

@@ -25,8 +25,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from ..errors import check_choice
-from ..weights.formats import WeightsFormatError, read_file
+from ...errors import check_choice
+from ...weights.formats import WeightsFormatError, read_file
 from .synthetic_classes import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_NUM_CLASSES,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from .depth_report import DepthReport, write_depth_report
+from ..report.depth_report import DepthReport, write_depth_report
 
 DEFAULT_OUTPUT_ROOT = "output/depth_sweep"
 # Relative to the working directory, as a user types it; tools/depth_sweep.py passes its own.

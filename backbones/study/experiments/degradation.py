@@ -3,7 +3,7 @@
 the deeper plain net has the higher *training* error, the deeper residual net the lower.
 
 :func:`run_degradation` trains the four nets one after another into ``<output>/<net>/`` with
-:func:`backbones.engine.pretrain.pretrain`, then writes ``curves.csv``, ``degradation.png`` and
+:func:`backbones.study.pretrain.train.pretrain`, then writes ``curves.csv``, ``degradation.png`` and
 ``degradation.md`` into ``<output>``.
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..data.classification import DataSpec
-from ..engine.pretrain import pretrain
-from ..engine.pretrain_run import RUN, PretrainRun, Progress, Recipe, read_metrics, read_result
-from .pretrain_plots import (
+from ..pretrain.run import RUN, PretrainRun, Progress, Recipe, read_metrics, read_result
+from ..pretrain.train import pretrain
+from ..report.pretrain_plots import (
     NetCurve,
     TrainingCurveWriter,
     final_errors_table,

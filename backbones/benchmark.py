@@ -18,7 +18,7 @@ from detectron2.structures import Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from backbones import backbones_build_resnet_fpn_backbone
+from .modeling import backbones_build_resnet_fpn_backbone
 
 # Config overrides that make Detectron2's defaults (a C4 model) return the FPN's features.
 FPN_FEATURES = "['res2', 'res3', 'res4', 'res5']"

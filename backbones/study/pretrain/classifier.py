@@ -13,18 +13,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.classification import CHANNEL_ORDER
-from ..errors import BackboneOptionError
-from ..modeling import ARCHITECTURE_DEFAULTS, BLOCK_TYPES, ResNet, make_resnet
-from ..specs import DEPTHS
-from ..weights import (
+from ...errors import BackboneOptionError
+from ...modeling import ARCHITECTURE_DEFAULTS, BLOCK_TYPES, ResNet, make_resnet
+from ...specs import DEPTHS
+from ...weights import (
     InputSettings,
     architecture_options,
     read_weights,
     weights_from_object,
     write_detectron2_checkpoint,
 )
-from ..weights.sources import TORCHVISION_INPUT
+from ...weights.sources import TORCHVISION_INPUT
+from ..data.classification import CHANNEL_ORDER
 
 # make_resnet options of a pretraining unless KEY VALUE pairs say otherwise: trainable batch
 # norm, and the stride in the 3x3 (torchvision's "ResNet v1.5", more accurate than MSRA's 1x1).

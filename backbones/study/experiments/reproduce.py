@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, TextIO
 
-from .depth_report import write_depth_report
-from .runs import read_run
+from ..report.depth_report import write_depth_report
+from ..report.runs import read_run
 from .sweep import plan_sweep, run_training
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
+TOOLS = Path(__file__).resolve().parents[3] / "tools"
 # The detector recipe fine-tuned from each pretrained ResNet, and trained from scratch.
 DETECTOR_CONFIG = "configs/mrcnn_r{depth}_shapes.yaml"
 # make_resnet options of the pretraining that the detector recipe needs: trainable BN, and the

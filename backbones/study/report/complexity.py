@@ -19,8 +19,8 @@ from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
 from torch import nn
 
-from ..modeling import make_resnet
-from ..weights.formats import atomic_write
+from ...modeling import make_resnet
+from ...weights.formats import atomic_write
 
 # Table 1 of He et al. (2015): FLOPs (multiply-adds, x 10^9) at 224x224, classifier included.
 PAPER_GFLOPS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}

@@ -30,13 +30,13 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ...engine.ddp import create_ddp_model
+from ...engine.distributed import launch
+from ...progress import Progress
+from ...weights import atomic_write, read_file
 from ..data.classification import ArrayDataset, ClassificationData, load_classification_data
-from ..progress import Progress
-from ..weights import atomic_write, read_file
 from .classifier import build_classifier, write_pretrained_weights
-from .ddp import create_ddp_model
-from .distributed import launch
-from .pretrain_run import (
+from .run import (
     CHECKPOINT,
     METRICS,
     RUN,
@@ -397,7 +397,7 @@ def _run_process(
             trainer.model,
             output / WEIGHTS,
             architecture=trainer.architecture,
-            description=f"backbones.engine.pretrain, ResNet-{run.depth} on {data.description}",
+            description=f"backbones.study.pretrain, ResNet-{run.depth} on {data.description}",
         )
         logger.info(
             f"{run.progress.label}wrote {output / WEIGHTS}; to fine-tune a detector from it:\n"

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..progress import Progress
-from ..weights.formats import atomic_write
+from ...progress import Progress
+from ...weights.formats import atomic_write
 from .depth_plots import plot_ap
 from .runs import (
     AP_METRICS,

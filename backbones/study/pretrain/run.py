@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...errors import check_choice
 from ..data.classification import DataSpec
-from ..errors import check_choice
 
 SCHEDULES = ("cosine", "step")
 # Epochs when neither max_iter nor epochs is given: torchvision's ImageNet recipe; the paper's
@@ -100,7 +100,7 @@ class PretrainRun:
         output_dir: the run's folder.
         depth, resnet_options: ``make_resnet(depth, **resnet_options)`` (over
             ``PRETRAIN_RESNET_DEFAULTS``).
-        data: which data (:class:`~backbones.data.classification.DataSpec`).
+        data: which data (:class:`~backbones.study.data.classification.DataSpec`).
         recipe: the optimisation.
         resume: continue from ``output_dir/checkpoint.pth`` if there is one.
         stop_at: stop after this iteration with a checkpoint and no weights file (to split a

@@ -1,7 +1,7 @@
 """A pytest plugin that runs Detectron2's own tests offline, with its ResNet builders answered by
-ours or left stock (used by tools/run_detectron2_tests.py).
+ours or left stock (used by dev/run_detectron2_tests.py).
 
-Load it with ``-p detectron2_swap_plugin`` (``tools/`` on ``PYTHONPATH``); environment variables:
+Load it with ``-p detectron2_swap_plugin`` (``dev/`` on ``PYTHONPATH``); environment variables:
 
 - ``BACKBONES_SWAP``: ``stock`` (default; Detectron2's built-in ResNet and ResNet-FPN) or ``ours``
   (every call of ``build_resnet_backbone`` / ``build_resnet_fpn_backbone``, through the registry

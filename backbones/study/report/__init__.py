@@ -1,6 +1,7 @@
-"""Model analysis above the engine: parameter and FLOP counts per ResNet depth and per detector
-(``complexity``), depth sweeps of Detectron2 trainings (``sweep``) and their report by depth
-(``depth_report``). Nothing in ``backbones`` imports this subpackage."""
+"""Measuring models and runs for the depth study: parameter and FLOP counts per ResNet depth and
+per detector (``complexity``), training runs read (``runs``) and reported by depth
+(``depth_report``, ``depth_plots``), pretraining curves and the degradation figure
+(``pretrain_plots``)."""
 
 from .complexity import (
     NOT_COUNTED,
@@ -16,7 +17,6 @@ from .complexity import (
 )
 from .depth_report import DepthReport, write_depth_report
 from .runs import REFERENCES_FILE, Reference, RunSummary, load_references, read_run
-from .sweep import SweepResult, SweepRun, plan_sweep, run_state, run_sweep, run_training
 
 __all__ = [
     "NOT_COUNTED",
@@ -29,7 +29,7 @@ __all__ = [
     "format_table",
     "resnet_complexity",
     "write_csv",
-    # depth report and sweep
+    # depth report
     "REFERENCES_FILE",
     "DepthReport",
     "Reference",
@@ -37,10 +37,4 @@ __all__ = [
     "write_depth_report",
     "load_references",
     "read_run",
-    "SweepResult",
-    "SweepRun",
-    "plan_sweep",
-    "run_state",
-    "run_training",
-    "run_sweep",
 ]
