@@ -40,6 +40,7 @@ with warnings.catch_warnings():
         LastLevelP6P7,
         ResidualBlock,
         ResNet,
+        ResNetSpec,
         backbones_build_resnet_backbone,
         backbones_build_resnet_fpn_backbone,
         backbones_build_retinanet_resnet_fpn_backbone,
@@ -69,6 +70,7 @@ __all__ = [
     "NORMS",
     "SOURCES",
     # plain PyTorch: no config needed
+    "ResNetSpec",
     "make_resnet",
     "make_resnet_fpn",
     "ResNet",

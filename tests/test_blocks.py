@@ -1,5 +1,5 @@
-"""``backbones.modeling.blocks``: what every block type offers, and a new block type as one class
-plus one map entry."""
+"""``backbones.modeling.blocks``: what every block type offers (its flags are the options it
+takes), and a new block type as one class plus one map entry."""
 
 from __future__ import annotations
 
@@ -10,19 +10,32 @@ from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 
 from backbones import BLOCK_TYPES, DEPTHS, STEM_TYPES, BackboneOptionError, make_resnet
-from backbones.modeling import ResidualBlock, blocks
-from backbones.modeling.layers import Norm, conv_norm, projection_shortcut
+from backbones.modeling import DEFORM_BLOCK_TYPES, ResidualBlock, blocks
+from backbones.modeling.layers import AvgDownConvNorm, Norm, conv_norm, projection_shortcut
 from backbones.specs import DepthSpec
 
+# One value for every option a stage may pass (blocks.FLAG_KEYWORDS), each non-neutral.
 STAGE_OPTIONS = dict(
-    dilation=1, bottleneck_channels=4, num_groups=1, stride_in_1x1=False, norm="BN", avg_down=False
+    num_groups=2,
+    dilation=2,
+    stride_in_1x1=True,
+    bottleneck_channels=4,
+    avg_down=True,
+    residual=True,
 )
+ALL_TYPES = {**BLOCK_TYPES, **{f"deform {k}": v for k, v in DEFORM_BLOCK_TYPES.items()}}
 
 
-@pytest.mark.parametrize("kind", sorted(BLOCK_TYPES))
+def build(cls: type[ResidualBlock], stride: int, **options) -> ResidualBlock:
+    """A block as make_stages builds one: the stage options its flags declare."""
+    keywords = cls.stage_keywords(**{**STAGE_OPTIONS, "dilation": 1, **options})
+    return cls(8, 16, stride=stride, norm="BN", **keywords)
+
+
+@pytest.mark.parametrize("kind", sorted(ALL_TYPES))
 @pytest.mark.parametrize("stride", [1, 2])
 def test_every_block_type_offers_the_contract(kind, stride):
-    block = BLOCK_TYPES[kind].from_stage(8, 16, stride=stride, **STAGE_OPTIONS).train()
+    block = build(ALL_TYPES[kind], stride, num_groups=1).train()
     assert isinstance(block, ResidualBlock)
     assert (block.in_channels, block.out_channels, block.stride) == (8, 16, stride)
     out = block(torch.randn(2, 8, 16, 16))
@@ -39,14 +52,27 @@ def test_every_block_type_offers_the_contract(kind, stride):
     assert isinstance(block.last_norm, FrozenBatchNorm2d)  # freeze() converted it in place
 
 
-def test_declared_capabilities_match_the_modules():
-    options = dict(STAGE_OPTIONS, num_groups=2, dilation=2, stride_in_1x1=True)
-    for kind, cls in BLOCK_TYPES.items():
-        if cls.grouped and cls.dilatable and cls.strided_1x1:
-            block = cls.from_stage(8, 16, stride=2, **options)
-            convs = [m for m in block.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
-            assert convs and all(m.dilation == (2, 2) for m in convs), kind
-            assert block.conv1.stride == (2, 2), kind  # the 1x1 took the stride
+@pytest.mark.parametrize("kind", sorted(ALL_TYPES))
+def test_each_flag_is_the_option_the_module_takes(kind):
+    """A flag set: the option reaches the module. A flag not set: its keyword is not passed
+    (the block's __init__ need not know it) and ResNetSpec refuses a non-neutral value."""
+    cls = ALL_TYPES[kind]
+    block = build(cls, 2, dilation=2)
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    assert cls.grouped == any(m.groups == 2 for m in convs)
+    assert cls.dilatable == any(m.dilation == (2, 2) for m in convs)
+    assert cls.strided_1x1 == (block.conv1.kernel_size == (1, 1) and block.conv1.stride == (2, 2))
+    assert cls.bottleneck == any(m.out_channels == 4 for m in convs)
+    assert cls.avg_down_shortcut == isinstance(block.shortcut, AvgDownConvNorm)
+    if cls.optional_shortcut:
+        plain = build(cls, 2, residual=False)
+        assert plain.shortcut is None and not any("shortcut" in k for k in plain.state_dict())
+    assert set(cls.stage_keywords(**STAGE_OPTIONS)) == {
+        key for flag, key in blocks.FLAG_KEYWORDS.items() if getattr(cls, flag)
+    }
+
+
+def test_declared_res2_widths():
     assert BLOCK_TYPES["basic"].config_res2_out_channels == 64  # Detectron2's R18/R34 rule
     assert BLOCK_TYPES["bottleneck"].default_res2_out_channels == 256
 
@@ -57,8 +83,6 @@ def test_a_block_without_last_norm_says_so():
 
     with pytest.raises(NotImplementedError, match="Incomplete does not declare last_norm"):
         Incomplete(4, 4, 1).last_norm
-    with pytest.raises(NotImplementedError, match="Incomplete does not implement from_stage"):
-        Incomplete.from_stage(4, 4, stride=1, **STAGE_OPTIONS)
 
 
 class WideBasicBlock(ResidualBlock):
@@ -66,16 +90,21 @@ class WideBasicBlock(ResidualBlock):
     ResNet's basic block, Zagoruyko & Komodakis, 2016), written against the base class only."""
 
     default_res2_out_channels = 32
+    bottleneck = True  # takes bottleneck_channels
 
-    def __init__(self, in_channels: int, out_channels: int, *, width: int, stride: int, norm: Norm):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        stride: int,
+        norm: Norm,
+        bottleneck_channels: int,
+    ):
         super().__init__(in_channels, out_channels, stride)
         self.shortcut = projection_shortcut(in_channels, out_channels, stride, norm)
-        self.conv1 = conv_norm(in_channels, width, 3, stride=stride, norm=norm)
-        self.conv2 = conv_norm(width, out_channels, 3, norm=norm)
-
-    @classmethod
-    def from_stage(cls, in_channels, out_channels, *, stride, bottleneck_channels, norm, **_):
-        return cls(in_channels, out_channels, width=bottleneck_channels, stride=stride, norm=norm)
+        self.conv1 = conv_norm(in_channels, bottleneck_channels, 3, stride=stride, norm=norm)
+        self.conv2 = conv_norm(bottleneck_channels, out_channels, 3, norm=norm)
 
     @property
     def last_norm(self) -> nn.Module:
@@ -103,6 +132,12 @@ def test_a_new_block_type_is_one_class_and_one_entry(monkeypatch):
         make_resnet(10, num_groups=2)
     with pytest.raises(BackboneOptionError, match=r"res5_dilation=2 .*no dilation"):
         make_resnet(10, res5_dilation=2)
+    with pytest.raises(BackboneOptionError, match=r"output_stride=8 .*no dilation.*allowed: 32"):
+        make_resnet(10, output_stride=8)
+    with pytest.raises(BackboneOptionError, match=r"avg_down=True .*no avg-down shortcut"):
+        make_resnet(10, avg_down=True)
+    with pytest.raises(BackboneOptionError, match=r"residual=False .*keep their shortcut"):
+        make_resnet(10, residual=False)
 
 
 def test_stems_are_a_map():

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from torch import nn
 
@@ -14,8 +15,10 @@ from backbones import (
     DEPTHS,
     BackboneOptionError,
     backbones_build_resnet_backbone,
+    backbones_build_resnet_fpn_backbone,
     load_cfg,
     make_resnet,
+    make_resnet_fpn,
 )
 
 from helpers import make_cfg
@@ -97,6 +100,30 @@ def test_drop_path_schedule_training_and_eval():
     reference.load_state_dict(block.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(block(x), reference(x))  # identity in eval
+
+
+def test_drop_path_draws_as_before_and_scripts():
+    """One Bernoulli draw per sample, ``empty((N, 1, 1, 1)).bernoulli_(1 - rate)``, then the
+    kept ones scaled by ``1 / (1 - rate)``: the draws of the former hand-written drop path, so a
+    training resumed with drop path repeats them exactly. TorchScript compiles it."""
+    model = tiny(50, drop_path_rate=0.3, out_features=("res5",)).train()
+    block = model.res5[-1]
+    x = torch.randn(64, block.in_channels, 4, 4)
+    torch.manual_seed(0)
+    out = block(x)
+    torch.manual_seed(0)
+    kept = torch.empty((64, 1, 1, 1)).bernoulli_(1 - block.drop_path)
+    dropped = [torch.equal(out[i], torch.relu(x[i])) for i in range(64)]
+    assert dropped == [not k for k in kept.flatten().tolist()]
+    with torch.no_grad():
+        branch = block.conv3(F.relu(block.conv2(F.relu(block.conv1(x)))))
+    torch.testing.assert_close(out, F.relu(branch * kept / 0.7 + x))
+    scripted = torch.jit.script(model)
+    image = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(1)
+    expected = model(image)["res5"]
+    torch.manual_seed(1)
+    torch.testing.assert_close(scripted(image)["res5"], expected)
 
 
 @pytest.mark.parametrize("norm", ["BN", "FrozenBN", "GN"])
@@ -229,6 +256,28 @@ def test_frozen_bn_without_weights_warns_once_in_each_path():
         backbones_build_resnet_backbone(cfg, RGB)
     messages = [str(w.message) for w in caught if "FrozenBN" in str(w.message)]
     assert len(messages) == 1 and "MODEL.WEIGHTS" in messages[0]
+    fpn_cfg = make_cfg(depth=18, res2_out_channels=64)
+    fpn_cfg.MODEL.WEIGHTS = ""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backbones_build_resnet_fpn_backbone(fpn_cfg, RGB)
+    messages = [str(w.message) for w in caught if "FrozenBN" in str(w.message)]
+    assert len(messages) == 1 and "MODEL.WEIGHTS" in messages[0]
+
+
+def test_make_resnet_fpn_warns_once_and_not_with_weights(tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_resnet_fpn(18, out_channels=8, stem_out_channels=8, res2_out_channels=8)
+    messages = [str(w.message) for w in caught if "FrozenBN" in str(w.message)]
+    assert messages and len(messages) == 1
+    assert messages[0].startswith("make_resnet_fpn: norm='FrozenBN' with no weights")
+    path = tmp_path / "r18.pth"
+    torch.save(make_resnet(18, norm="BN", stem_out_channels=8).state_dict(), path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_resnet_fpn(out_channels=8, weights=path)  # FrozenBN, filled from the file
+    assert not [w for w in caught if "FrozenBN" in str(w.message)]
 
 
 def test_zero_init_residual_with_frozen_bn_is_an_error_naming_the_key():

@@ -7,8 +7,10 @@ import copy
 import pytest
 import torch
 from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone import fpn as detectron2_fpn
 from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
 
+import backbones
 from backbones import BackboneOptionError, backbones_build_resnet_fpn_backbone, make_resnet_fpn
 
 from helpers import make_cfg, randomize_
@@ -131,3 +133,39 @@ def test_bad_fpn_options_name_the_option():
         make_resnet_fpn(18, in_features=("res2", "res4"))
     with pytest.raises(TypeError, match="dpeth"):
         make_resnet_fpn(dpeth=50)
+
+
+@pytest.mark.parametrize(
+    "kind, options, in_channels",
+    [
+        ("LastLevelMaxPool", {}, 8),
+        ("LastLevelP6P7", dict(in_channels=16, out_channels=8), 16),
+        ("LastLevelP6P7", dict(in_channels=8, out_channels=8, in_feature="p5"), 8),
+    ],
+)
+def test_top_blocks_equal_detectron2s(kind, options, in_channels):
+    """Our top blocks equal Detectron2's: names, attributes, initialisation and forward, so
+    R-CNN and RetinaNet checkpoints load both ways."""
+    torch.manual_seed(0)
+    theirs = getattr(detectron2_fpn, kind)(**options)
+    torch.manual_seed(0)
+    ours = getattr(backbones, kind)(**options)
+    assert (ours.num_levels, ours.in_feature) == (theirs.num_levels, theirs.in_feature)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for name, tensor in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], tensor), name
+    x = torch.randn(2, in_channels, 9, 12)
+    with torch.no_grad():
+        for a, b in zip(ours(x), theirs(x), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_max_pool_top_block_takes_the_level_it_pools():
+    """Detectron2's always pools p5; an FPN on res2..res4 has p4 last, and its P5 pools it."""
+    assert backbones.LastLevelMaxPool("p4").in_feature == "p4"
+    model = make_resnet_fpn(18, in_features=("res2", "res3", "res4"), out_channels=8, norm="BN")
+    assert model.top_block.in_feature == "p4"
+    with torch.no_grad():
+        outputs = model(torch.zeros(1, 3, 64, 64))
+    assert list(outputs) == ["p2", "p3", "p4", "p5"]
+    assert torch.equal(outputs["p5"], outputs["p4"][:, :, ::2, ::2])

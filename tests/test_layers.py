@@ -1,123 +1,51 @@
-"""The package's shape: imports point one way between layers (lazily or not), no cycles inside a
-subpackage, modules stay small, and the public API at the top imports."""
+"""The import layers at run time, in a fresh interpreter: ``import backbones`` loads the core a
+detector needs and leaves the training engine unloaded until first used and the paper study
+unloaded. (``make lint`` checks every import statement against the layers, lazy ones included:
+dev/check_policies.py, tested by tests/test_check_policies.py.)"""
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
+import json
+import os
+import subprocess
+import sys
 
-import pytest
+from helpers import ROOT
 
+
+def _python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter from the checkout; its stdout."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+LAZY_ENGINE = r"""
+import json, sys
+def parts():
+    return sorted({m.split(".")[1] for m in sys.modules if m.startswith("backbones.")})
 import backbones
-
-PACKAGE = Path(backbones.__file__).parent
-# Each part of the package and its layer: a module imports only from lower layers, or from its
-# own part (docs/design.md explains the layers).
-LAYERS = {
-    "specs": 0,
-    "errors": 0,
-    "progress": 0,
-    "weights": 1,
-    "modeling": 2,
-    "config": 3,
-    "checkpoint": 4,
-    "data": 4,
-    "evaluation": 4,
-    "engine": 5,
-    "inference": 5,
-    "export": 5,
-    "benchmark": 5,
-    "quiet": 0,
-    "coco_json": 0,
-    "study": 6,
-}
-MAX_LINES = 500
+at_import = parts()
+load_cfg = backbones.load_cfg
+after_load_cfg = parts()
+from backbones.engine import Trainer, load_cfg as engine_load_cfg
+same = load_cfg is engine_load_cfg and backbones.Trainer is Trainer
+print(json.dumps({"at_import": at_import, "after_load_cfg": after_load_cfg, "same": same}))
+"""
 
 
-def _modules() -> dict[str, Path]:
-    """Dotted names below ``backbones`` (``modeling.resnet``), the top ``__init__`` left out."""
-    found = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = path.relative_to(PACKAGE).with_suffix("").parts
-        if parts == ("__init__",):
-            continue
-        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return found
-
-
-def _imports(name: str, path: Path) -> set[str]:
-    """The ``backbones`` modules ``path`` imports anywhere in it, as dotted names below the
-    package (relative imports resolved)."""
-    is_package = path.name == "__init__.py"
-    here = name.split(".") if is_package else name.split(".")[:-1]
-    targets = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = here[: len(here) - (node.level - 1)] if node.level > 1 else here
-                module = ".".join(base + ([node.module] if node.module else []))
-            elif node.module and node.module.split(".")[0] == "backbones":
-                module = node.module.partition(".")[2]
-            else:
-                continue
-            for alias in node.names:  # "from . import blocks" names a module
-                candidate = f"{module}.{alias.name}" if module else alias.name
-                targets.add(candidate if candidate in MODULES else module)
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.split(".")[0] == "backbones":
-                    targets.add(alias.name.partition(".")[2])
-    return {t for t in targets if t and t != name}
-
-
-MODULES = _modules()
-
-
-@pytest.mark.parametrize("name", sorted(MODULES))
-def test_imports_point_down_the_layers(name):
-    part = name.split(".")[0]
-    assert part in LAYERS, f"backbones/{part}: give it a layer in LAYERS and docs/design.md"
-    for target in _imports(name, MODULES[name]):
-        target_part = target.split(".")[0]
-        assert target_part == part or LAYERS[target_part] < LAYERS[part], (
-            f"backbones.{name} (layer {LAYERS[part]}) imports backbones.{target} "
-            f"(layer {LAYERS[target_part]})"
-        )
-
-
-def test_no_import_cycle_inside_a_part():
-    graph = {name: _imports(name, path) for name, path in MODULES.items()}
-
-    def visit(name: str, trail: list[str]) -> None:
-        if name in trail:
-            raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(name) :]))
-        for target in graph.get(name, ()):
-            if target.split(".")[0] == name.split(".")[0] and not name.startswith(target + "."):
-                visit(target, trail + [name])
-
-    for name in graph:
-        visit(name, [])
-
-
-@pytest.mark.parametrize("name", sorted(MODULES))
-def test_modules_stay_small(name):
-    lines = len(MODULES[name].read_text().splitlines())
-    assert lines <= MAX_LINES, f"backbones.{name} has {lines} lines: split it by concern"
-
-
-def test_public_api():
-    required = {
-        "add_backbones_config",
-        "make_resnet",
-        "make_resnet_fpn",
-        "BackbonesCheckpointer",
-        "read_weights",
-        "load_weights",
-        "DEPTHS",
-        "PRESETS",
-        "load_cfg",
-    }
-    assert required <= set(backbones.__all__)
-    assert len(set(backbones.__all__)) == len(backbones.__all__)
-    for name in backbones.__all__:
-        assert getattr(backbones, name) is not None, name
+def test_the_engine_loads_on_first_use_and_the_study_never():
+    seen = json.loads(_python(LAZY_ENGINE))
+    assert "engine" not in seen["at_import"] and "study" not in seen["at_import"]
+    # The core a detector needs is there at import: weights, models, configs, data.
+    assert {"weights", "modeling", "config", "data"} <= set(seen["at_import"])
+    assert "engine" in seen["after_load_cfg"] and "study" not in seen["after_load_cfg"]
+    assert seen["same"], "backbones.load_cfg / Trainer are not the engine's"

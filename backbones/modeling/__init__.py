@@ -1,8 +1,10 @@
-"""The model code: conv-norm layers, residual blocks and stems, the ResNet, the FPN, and the
-builders registered in Detectron2's ``BACKBONE_REGISTRY`` (the only model code that reads a cfg).
+"""The model code: conv-norm layers, residual blocks and stems, the architecture record
+(:class:`ResNetSpec`), the ResNet, the FPN, and the builders registered in Detectron2's
+``BACKBONE_REGISTRY`` (the only model code that reads a cfg).
 
-Extension points: a block type is a :class:`ResidualBlock` subclass plus one entry in
-:data:`BLOCK_TYPES` (a row of ``specs.DEPTHS`` names it); a stem is one entry in ``STEM_TYPES``.
+Extension points: a block type is a :class:`ResidualBlock` subclass (its ``__init__`` and flags)
+plus one entry in :data:`BLOCK_TYPES` (a row of ``specs.DEPTHS`` names it); a stem is one entry
+in ``STEM_TYPES``.
 """
 
 from .blocks import (
@@ -21,10 +23,11 @@ from .build import (
     backbones_build_resnet_fpn_backbone,
     backbones_build_retinanet_resnet_fpn_backbone,
 )
-from .constructors import ARCHITECTURE_DEFAULTS, OUTPUT_STRIDES, make_resnet, make_stages
-from .fpn import FPN, TOP_BLOCKS, LastLevelMaxPool, LastLevelP6P7, make_resnet_fpn
+from .constructors import build_resnet, make_resnet, make_stages
+from .fpn import FPN, TOP_BLOCKS, LastLevelMaxPool, LastLevelP6P7, build_fpn, make_resnet_fpn
 from .layers import NORMS, ConvNorm, DeformConvNorm
 from .resnet import MEMORY_FORMATS, ResNet
+from .spec import ARCHITECTURE_DEFAULTS, OUTPUT_STRIDES, ResNetSpec
 
 __all__ = [
     "ARCHITECTURE_DEFAULTS",
@@ -46,10 +49,13 @@ __all__ = [
     "LastLevelMaxPool",
     "LastLevelP6P7",
     "ResNet",
+    "ResNetSpec",
     "ResidualBlock",
     "backbones_build_resnet_backbone",
     "backbones_build_resnet_fpn_backbone",
     "backbones_build_retinanet_resnet_fpn_backbone",
+    "build_fpn",
+    "build_resnet",
     "make_resnet",
     "make_resnet_fpn",
     "make_stages",

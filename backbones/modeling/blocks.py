@@ -10,12 +10,28 @@ A block type is one :class:`ResidualBlock` subclass plus one entry in :data:`BLO
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase
 from torch import nn
+from torchvision.ops import stochastic_depth
 
-from .layers import DeformConvNorm, Norm, conv_norm, drop_path, projection_shortcut
+from .layers import DeformConvNorm, Norm, conv_norm, projection_shortcut
+
+# The flags of a block type and the keyword of its ``__init__`` each adds to those a stage passes
+# (``stride`` and ``norm`` always). An option whose flag is not set is refused unless neutral
+# (``ResNetSpec.validate``), but for ``stride_in_1x1`` and the width, which a block without a 1x1
+# or an inner width ignores, as Detectron2's basic blocks do.
+FLAG_KEYWORDS = {
+    "grouped": "num_groups",  # a grouped 3x3 (ResNeXt)
+    "dilatable": "dilation",  # its 3x3 convs dilate (output stride 16 or 8)
+    "strided_1x1": "stride_in_1x1",  # a 1x1 before the 3x3 can take the stride (MSRA weights)
+    "bottleneck": "bottleneck_channels",  # an inner width: groups x width_per_group in res2
+    "avg_down_shortcut": "avg_down",  # ResNet-D's average-pool projection shortcut
+    "optional_shortcut": "residual",  # residual=False: no shortcut (the paper's plain net)
+}
 
 
 class ResidualBlock(CNNBlockBase):
@@ -24,38 +40,29 @@ class ResidualBlock(CNNBlockBase):
     From Detectron2's ``CNNBlockBase``: ``in_channels``, ``out_channels``, ``stride``, and
     ``freeze()`` (no gradients; BatchNorm becomes FrozenBatchNorm2d), which ``freeze_at`` uses.
 
-    A subclass declares what it supports, as class attributes read by ``make_resnet`` and the
-    config glue (a setting a block type does not support is an error naming the option):
+    A block type is its ``__init__(in_channels, out_channels, *, stride, norm, ...)``, the
+    :attr:`last_norm` property (the norm of the last conv before the sum, whose scale
+    ``zero_init_residual`` zeroes) and class attributes read by ``make_stages``,
+    ``ResNetSpec.validate`` and the config glue: the flags of :data:`FLAG_KEYWORDS` (all False
+    here), each one keyword its ``__init__`` takes, and
 
     * ``default_res2_out_channels``: res2's output channels when none is given (Detectron2: 64
       for basic blocks, 256 for bottlenecks);
     * ``config_res2_out_channels``: the only ``MODEL.RESNETS.RES2_OUT_CHANNELS`` a config may
       give, or None for any (Detectron2 asserts 64 for R18/R34: the default 256 is a
-      bottleneck's);
-    * ``grouped``: has a grouped 3x3 (``num_groups``, ResNeXt);
-    * ``dilatable``: its 3x3 can dilate (``res5_dilation``);
-    * ``strided_1x1``: has a 1x1 conv before the 3x3 that can take the stride
-      (``stride_in_1x1``; MSRA weights stride there);
-
-    and implements :meth:`from_stage` (one block from the options of its stage) and
-    :attr:`last_norm` (the norm of the last conv before the sum, whose scale
-    ``zero_init_residual`` zeroes).
+      bottleneck's).
     """
 
     default_res2_out_channels = 64
     config_res2_out_channels: int | None = None
-    grouped = False
-    dilatable = False
-    strided_1x1 = False
+    grouped = dilatable = strided_1x1 = bottleneck = avg_down_shortcut = optional_shortcut = False
 
     # TorchScript: build-time helpers only.
     __jit_unused_properties__ = ["last_norm"]
     __jit_ignored_attributes__ = [
         "default_res2_out_channels",
         "config_res2_out_channels",
-        "grouped",
-        "dilatable",
-        "strided_1x1",
+        *FLAG_KEYWORDS,
     ]
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, *, residual: bool = True):
@@ -65,36 +72,10 @@ class ResidualBlock(CNNBlockBase):
         self.drop_path = 0.0
 
     @classmethod
-    def from_stage(
-        cls,
-        in_channels: int,
-        out_channels: int,
-        *,
-        stride: int,
-        dilation: int,
-        bottleneck_channels: int,
-        num_groups: int,
-        stride_in_1x1: bool,
-        norm: Norm,
-        avg_down: bool,
-        residual: bool = True,
-    ) -> ResidualBlock:
-        """One block of a stage. ``make_stages`` passes every option; a block type takes those it
-        supports (the others are checked to be neutral before building).
-
-        Args:
-            in_channels, out_channels: of this block.
-            stride: 2 for the first block of res3..res5 (1 where dilated), else 1.
-            dilation: of the 3x3 (res5_dilation in res5).
-            bottleneck_channels: width of the 3x3 (``num_groups * width_per_group``, doubled at
-                each stage).
-            num_groups: groups of the 3x3.
-            stride_in_1x1: stride in the first 1x1 (MSRA) rather than the 3x3.
-            norm: a norm name or ``channels -> nn.Module``.
-            avg_down: ResNet-D's average-pool projection shortcut.
-            residual: False for the paper's plain net: the same convs, no shortcut at all.
-        """
-        raise NotImplementedError(f"{cls.__name__} does not implement from_stage")
+    def stage_keywords(cls, **options: Any) -> dict[str, Any]:
+        """Of a stage's ``options`` (one per keyword of :data:`FLAG_KEYWORDS`), those this
+        block type's ``__init__`` takes: the keywords of the flags it sets."""
+        return {key: options[key] for flag, key in FLAG_KEYWORDS.items() if getattr(cls, flag)}
 
     @property
     def last_norm(self) -> nn.Module:
@@ -106,7 +87,7 @@ class ResidualBlock(CNNBlockBase):
         per sample at rate ``drop_path``."""
         if not self.residual:
             return out
-        out = drop_path(out, self.drop_path, self.training)
+        out = stochastic_depth(out, self.drop_path, "row", self.training)
         out += x if self.shortcut is None else self.shortcut(x)
         return out
 
@@ -117,7 +98,7 @@ class BasicBlock(ResidualBlock):
     In a dilated stage (output stride 16 or 8) both 3x3 convs dilate, as MMDetection's."""
 
     config_res2_out_channels = 64
-    dilatable = True
+    dilatable = avg_down_shortcut = optional_shortcut = True
 
     def __init__(
         self,
@@ -143,32 +124,6 @@ class BasicBlock(ResidualBlock):
         )
         self.conv2 = conv_norm(out_channels, out_channels, 3, dilation=dilation, norm=norm)
 
-    @classmethod
-    def from_stage(
-        cls,
-        in_channels: int,
-        out_channels: int,
-        *,
-        stride: int,
-        dilation: int,
-        bottleneck_channels: int,
-        num_groups: int,
-        stride_in_1x1: bool,
-        norm: Norm,
-        avg_down: bool,
-        residual: bool = True,
-    ) -> BasicBlock:
-        # No 1x1 and no bottleneck: make_resnet checked num_groups to be 1.
-        return cls(
-            in_channels,
-            out_channels,
-            stride=stride,
-            norm=norm,
-            dilation=dilation,
-            avg_down=avg_down,
-            residual=residual,
-        )
-
     @property
     def last_norm(self) -> nn.Module:
         return self.conv2.norm
@@ -182,9 +137,7 @@ class BottleneckBlock(ResidualBlock):
     """1x1 reduce, 3x3 (grouped for ResNeXt, dilated in res5 on request), 1x1 expand."""
 
     default_res2_out_channels = 256
-    grouped = True
-    dilatable = True
-    strided_1x1 = True
+    grouped = dilatable = strided_1x1 = bottleneck = avg_down_shortcut = optional_shortcut = True
 
     def __init__(
         self,
@@ -222,34 +175,6 @@ class BottleneckBlock(ResidualBlock):
             norm=norm,
         )
         self.conv3 = conv_norm(bottleneck_channels, out_channels, 1, norm=norm)
-
-    @classmethod
-    def from_stage(
-        cls,
-        in_channels: int,
-        out_channels: int,
-        *,
-        stride: int,
-        dilation: int,
-        bottleneck_channels: int,
-        num_groups: int,
-        stride_in_1x1: bool,
-        norm: Norm,
-        avg_down: bool,
-        residual: bool = True,
-    ) -> BottleneckBlock:
-        return cls(
-            in_channels,
-            out_channels,
-            bottleneck_channels=bottleneck_channels,
-            stride=stride,
-            num_groups=num_groups,
-            norm=norm,
-            stride_in_1x1=stride_in_1x1,
-            dilation=dilation,
-            avg_down=avg_down,
-            residual=residual,
-        )
 
     @property
     def last_norm(self) -> nn.Module:
@@ -329,38 +254,6 @@ class DeformBottleneckBlock(BottleneckBlock):
         conv2.weight = self.conv2.weight  # the MSRA-initialised 3x3 of the plain bottleneck
         self.conv2 = conv2
 
-    @classmethod
-    def from_stage(
-        cls,
-        in_channels: int,
-        out_channels: int,
-        *,
-        stride: int,
-        dilation: int,
-        bottleneck_channels: int,
-        num_groups: int,
-        stride_in_1x1: bool,
-        norm: Norm,
-        avg_down: bool,
-        residual: bool = True,
-        modulated: bool = False,
-        deform_num_groups: int = 1,
-    ) -> DeformBottleneckBlock:
-        return cls(
-            in_channels,
-            out_channels,
-            bottleneck_channels=bottleneck_channels,
-            stride=stride,
-            num_groups=num_groups,
-            norm=norm,
-            stride_in_1x1=stride_in_1x1,
-            dilation=dilation,
-            avg_down=avg_down,
-            residual=residual,
-            modulated=modulated,
-            deform_num_groups=deform_num_groups,
-        )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
         offset = self.conv2_offset(out)
@@ -379,7 +272,8 @@ BLOCK_TYPES: dict[str, type[ResidualBlock]] = {
     "bottleneck": BottleneckBlock,
 }
 # The deformable variant of a block type, for the stages in MODEL.RESNETS.DEFORM_ON_PER_STAGE
-# (Detectron2 has none for basic blocks).
+# (Detectron2 has none for basic blocks): the same flags, and the keywords ``modulated`` and
+# ``deform_num_groups`` besides.
 DEFORM_BLOCK_TYPES: dict[str, type[ResidualBlock]] = {"bottleneck": DeformBottleneckBlock}
 
 

@@ -7,19 +7,19 @@ Registered names (``MODEL.BACKBONE.NAME``), prefixed so they never clash with De
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
+import contextlib
+from typing import Iterator, Sequence
 
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY
 
-from ..errors import BackboneOptionError
-from ..specs import DEPTHS
+from ..errors import BackboneOptionError, check_choice
 from .blocks import BLOCK_TYPES
-from .constructors import UNTRAINED_FROZEN_BN, make_resnet
-from .fpn import FPN, make_resnet_fpn
+from .constructors import build_resnet, warn_untrained
+from .fpn import FPN, build_fpn
 from .resnet import ResNet
+from .spec import ResNetSpec
 
 # Constructor argument -> the config key it comes from, to name the key in errors.
 CFG_KEYS = {
@@ -54,74 +54,69 @@ CFG_KEYS = {
 }
 
 
-def resnet_options(cfg: CfgNode, input_shape: ShapeSpec) -> dict[str, Any]:
-    """The :func:`make_resnet` arguments that ``cfg`` asks for, checked against Detectron2's
-    rules."""
+def build_resnet_from_cfg(
+    cfg: CfgNode, input_shape: ShapeSpec, *, out_features: Sequence[str] | None = None
+) -> ResNet:
+    """The ResNet that ``cfg`` asks for (``MODEL.RESNETS.*`` with Detectron2's meaning and rules,
+    ``BACKBONES.*``), through the same :class:`ResNetSpec` and :func:`build_resnet` as
+    :func:`make_resnet`; ``out_features`` replaces ``MODEL.RESNETS.OUT_FEATURES`` (an FPN's
+    inputs). ``MODEL.WEIGHTS`` is loaded after building, by the checkpointer.
+
+    Raises:
+        BackboneOptionError: naming the config key at fault (:data:`CFG_KEYS`).
+    """
     if "BACKBONES" not in cfg:
         raise KeyError(
             "cfg has no BACKBONES node: call backbones.add_backbones_config(cfg) before "
             "merging a config that uses the backbones_* builders"
         )
     r, ours = cfg.MODEL.RESNETS, cfg.BACKBONES
+    if not cfg.MODEL.WEIGHTS:
+        warn_untrained(r.NORM, cfg.MODEL.BACKBONE.FREEZE_AT, caller="cfg")
     stage_blocks = tuple(ours.STAGE_BLOCKS) or None
-    if stage_blocks is None and r.DEPTH in DEPTHS:
-        kind, which = DEPTHS[r.DEPTH].block, f"depth {r.DEPTH}"
-    else:
-        kind, which = ours.BLOCK_TYPE, f"BACKBONES.BLOCK_TYPE {ours.BLOCK_TYPE!r}"
-    required = BLOCK_TYPES[kind].config_res2_out_channels if kind in BLOCK_TYPES else None
-    if required is not None and r.RES2_OUT_CHANNELS != required:
-        # Detectron2's rule for R18/R34 configs: the default 256 is the bottleneck width.
-        raise BackboneOptionError(
-            CFG_KEYS["res2_out_channels"], r.RES2_OUT_CHANNELS, str(required), which
+    with _cfg_keys():
+        spec = ResNetSpec.from_weights(
+            None,
+            res5_dilation=r.RES5_DILATION,
+            depth=None if stage_blocks else r.DEPTH,
+            stage_blocks=stage_blocks,
+            block_type=ours.BLOCK_TYPE if stage_blocks else None,
+            in_channels=input_shape.channels,
+            num_groups=r.NUM_GROUPS,
+            width_per_group=r.WIDTH_PER_GROUP,
+            stem_type=ours.STEM_TYPE,
+            stem_width=ours.STEM_WIDTH,
+            stem_out_channels=r.STEM_OUT_CHANNELS,
+            res2_out_channels=r.RES2_OUT_CHANNELS,
+            stride_in_1x1=r.STRIDE_IN_1X1,
+            avg_down=ours.AVG_DOWN,
+            residual=ours.RESIDUAL,
+            output_stride=ours.OUTPUT_STRIDE or None,
+            deform_on_per_stage=tuple(r.DEFORM_ON_PER_STAGE),
+            deform_modulated=r.DEFORM_MODULATED,
+            deform_num_groups=r.DEFORM_NUM_GROUPS,
         )
-    if r.NORM == "FrozenBN" and not cfg.MODEL.WEIGHTS:
-        warnings.warn(
-            "MODEL.RESNETS.NORM='FrozenBN' with no MODEL.WEIGHTS: frozen batch norm keeps its "
-            "random initial statistics and training from scratch diverges; use NORM 'BN', "
-            "'SyncBN' or 'GN' (and MODEL.BACKBONE.FREEZE_AT 0), or load pretrained weights",
-            stacklevel=2,
+        required = BLOCK_TYPES[spec.block_type].config_res2_out_channels
+        if required is not None:  # Detectron2's R18/R34 rule: the default 256 is a bottleneck's
+            which = f"depth {spec.depth}" if spec.depth else f"block type {spec.block_type!r}"
+            check_choice("res2_out_channels", spec.res2_out_channels, (required,), which)
+        return build_resnet(
+            spec,
+            norm=r.NORM,
+            out_features=tuple(r.OUT_FEATURES if out_features is None else out_features),
+            freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+            memory_format=ours.MEMORY_FORMAT,
+            zero_init_residual=ours.ZERO_INIT_RESIDUAL,
+            drop_path_rate=ours.DROP_PATH_RATE,
+            grad_checkpointing=tuple(ours.GRAD_CHECKPOINTING),
         )
-    elif cfg.MODEL.BACKBONE.FREEZE_AT > 0 and not cfg.MODEL.WEIGHTS:
-        warnings.warn(
-            f"MODEL.BACKBONE.FREEZE_AT={cfg.MODEL.BACKBONE.FREEZE_AT} with no MODEL.WEIGHTS "
-            "freezes randomly initialised layers; set it to 0 to train from scratch",
-            stacklevel=2,
-        )
-    return dict(
-        depth=None if stage_blocks else r.DEPTH,
-        stage_blocks=stage_blocks,
-        block_type=ours.BLOCK_TYPE if stage_blocks else None,
-        in_channels=input_shape.channels,
-        num_groups=r.NUM_GROUPS,
-        width_per_group=r.WIDTH_PER_GROUP,
-        stem_out_channels=r.STEM_OUT_CHANNELS,
-        res2_out_channels=r.RES2_OUT_CHANNELS,
-        stride_in_1x1=r.STRIDE_IN_1X1,
-        res5_dilation=r.RES5_DILATION,
-        norm=r.NORM,
-        out_features=tuple(r.OUT_FEATURES),
-        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-        memory_format=cfg.BACKBONES.MEMORY_FORMAT,
-        zero_init_residual=cfg.BACKBONES.ZERO_INIT_RESIDUAL,
-        stem_type=cfg.BACKBONES.STEM_TYPE,
-        stem_width=cfg.BACKBONES.STEM_WIDTH,
-        avg_down=cfg.BACKBONES.AVG_DOWN,
-        residual=cfg.BACKBONES.RESIDUAL,
-        output_stride=ours.OUTPUT_STRIDE or None,
-        drop_path_rate=ours.DROP_PATH_RATE,
-        grad_checkpointing=tuple(ours.GRAD_CHECKPOINTING),
-        deform_on_per_stage=tuple(r.DEFORM_ON_PER_STAGE),
-        deform_modulated=r.DEFORM_MODULATED,
-        deform_num_groups=r.DEFORM_NUM_GROUPS,
-    )
 
 
-def _with_cfg_keys(build, **kwargs):
+@contextlib.contextmanager
+def _cfg_keys() -> Iterator[None]:
+    """An option error raised inside, renamed to the config key the option comes from."""
     try:
-        with warnings.catch_warnings():
-            # resnet_options warned with config keys; MODEL.WEIGHTS is loaded after building.
-            warnings.filterwarnings("ignore", f".*{UNTRAINED_FROZEN_BN}")
-            return build(**kwargs)
+        yield
     except BackboneOptionError as error:
         raise error.renamed(CFG_KEYS.get(error.option, error.option)) from None
 
@@ -129,7 +124,7 @@ def _with_cfg_keys(build, **kwargs):
 @BACKBONE_REGISTRY.register()
 def backbones_build_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
     """ResNet from ``MODEL.RESNETS.*`` (Detectron2's meaning) and ``BACKBONES.*``."""
-    return _with_cfg_keys(make_resnet, **resnet_options(cfg, input_shape))
+    return build_resnet_from_cfg(cfg, input_shape)
 
 
 @BACKBONE_REGISTRY.register()
@@ -147,15 +142,9 @@ def backbones_build_retinanet_resnet_fpn_backbone(cfg: CfgNode, input_shape: Sha
 
 
 def _fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec, *, top_block: str) -> FPN:
-    """:func:`make_resnet_fpn` from ``MODEL.RESNETS.*`` and ``MODEL.FPN.*`` with ``top_block``."""
-    options = resnet_options(cfg, input_shape)
-    options.pop("out_features")  # the FPN's inputs decide what the ResNet returns
-    return _with_cfg_keys(
-        make_resnet_fpn,
-        in_features=tuple(cfg.MODEL.FPN.IN_FEATURES),
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        fpn_norm=cfg.MODEL.FPN.NORM,
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-        top_block=top_block,
-        **options,
-    )
+    """The FPN of ``MODEL.FPN.*`` with ``top_block`` over the ResNet of the config, whose
+    outputs are the FPN's inputs."""
+    f = cfg.MODEL.FPN
+    bottom_up = build_resnet_from_cfg(cfg, input_shape, out_features=f.IN_FEATURES)
+    with _cfg_keys():
+        return build_fpn(bottom_up, f.IN_FEATURES, f.OUT_CHANNELS, f.NORM, f.FUSE_TYPE, top_block)

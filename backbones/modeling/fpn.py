@@ -1,6 +1,6 @@
 """Feature Pyramid Network over a bottom-up backbone (Lin et al., 2017, "Feature Pyramid Networks"),
-with the top blocks of Faster/Mask R-CNN (P6 by max-pool) and RetinaNet (P6, P7 by strided convs;
-Lin et al., 2017, "Focal Loss for Dense Object Detection").
+with Detectron2's top blocks of Faster/Mask R-CNN (P6 by max-pool) and RetinaNet (P6, P7 by
+strided convs; Lin et al., 2017, "Focal Loss for Dense Object Detection").
 
 Module names match Detectron2's ``FPN`` (``fpn_lateral{s}``, ``fpn_output{s}``, ``bottom_up``,
 ``top_block``, ``top_block.p6``, ``top_block.p7``) so that its checkpoints load unchanged.
@@ -10,66 +10,37 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from detectron2.modeling.backbone import FPN as D2FPN
 from detectron2.modeling.backbone import Backbone
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool as D2LastLevelMaxPool
+from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from fvcore.nn import weight_init
 from torch import nn
 
 from ..errors import BackboneOptionError, check_choice
-from ..weights import Weights, architecture_options, load_weights, read_weights
-from .constructors import ARCHITECTURE_DEFAULTS, UNTRAINED_FROZEN_BN, make_resnet
+from ..weights import Weights, load_weights, read_weights
+from .constructors import build_resnet, warn_untrained
 from .layers import NORMS, ConvNorm, norm_layer
-from .resnet import STAGE_NAMES
+from .resnet import STAGE_NAMES, ResNet
+from .spec import SPEC_FIELDS, ResNetSpec
 
 FUSE_TYPES = ("sum", "avg")
 # make_resnet_fpn(top_block=...): "maxpool" (Faster/Mask R-CNN: P6), "p6p7" (RetinaNet: P6, P7).
 TOP_BLOCKS = ("maxpool", "p6p7", None)
 
 
-class LastLevelMaxPool(nn.Module):
-    """P6 from the last output (e.g. P5) by stride-2 subsampling, as in the FPN paper."""
-
-    num_levels = 1
+class LastLevelMaxPool(D2LastLevelMaxPool):
+    """P6 from the last output (e.g. P5) by stride-2 subsampling, as in the FPN paper:
+    Detectron2's, which always pools ``p5``; this one takes the level it pools, so that an FPN
+    without res5 (``in_features`` up to ``res4``) gets its next level from ``p4``."""
 
     def __init__(self, in_feature: str = "p5"):
         super().__init__()
         self.in_feature = in_feature
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [F.max_pool2d(x, kernel_size=1, stride=2, padding=0)]
-
-
-class LastLevelP6P7(nn.Module):
-    """P6 and P7 of RetinaNet: a 3x3 stride-2 conv on ``in_feature``, then another on relu(P6).
-
-    The paper computes P6 from C5 (``res5``) rather than P5; Detectron2's ``LastLevelP6P7`` does
-    the same, and this module has its names (``p6``, ``p7``, ``in_feature``, ``num_levels``), its
-    plain biased convs and their ``c2_xavier_fill`` init, so RetinaNet checkpoints load strictly.
-
-    Args:
-        in_channels: channels of ``in_feature`` (2048 for an R-50's ``res5``).
-        out_channels: channels of P6 and P7 (the FPN's).
-        in_feature: the bottom-up feature (``res5``) or FPN output (``p5``) P6 is computed from.
-    """
-
-    num_levels = 2
-
-    def __init__(self, in_channels: int, out_channels: int, *, in_feature: str = "res5"):
-        super().__init__()
-        self.in_feature = in_feature
-        self.p6 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
-        self.p7 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=2, padding=1)
-        weight_init.c2_xavier_fill(self.p6)
-        weight_init.c2_xavier_fill(self.p7)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        p6 = self.p6(x)
-        return [p6, self.p7(F.relu(p6))]
 
 
 class FPN(D2FPN):
@@ -256,50 +227,48 @@ def make_resnet_fpn(
     Returns:
         an :class:`FPN`, whose ``output_shape()`` is ``p2``..``p6`` with strides 4..64 (by
         default; ``p3``..``p7``, strides 8..128, for RetinaNet's ``in_features=("res3", "res4",
-        "res5"), top_block="p6p7"``).
+        "res5"), top_block="p6p7"``); its ResNet's architecture is ``fpn.bottom_up.spec``.
     """
-    check_choice("top_block", top_block, TOP_BLOCKS)
-    if weights is not None:
-        if not isinstance(weights, Weights):
-            weights = read_weights(weights)
-        # The file decides the architecture options left out, as in make_resnet; the weights
-        # are loaded once, below, into the whole FPN.
-        given = {name: resnet_options.pop(name, None) for name in ARCHITECTURE_DEFAULTS}
-        given["depth"] = depth
-        resnet_options.update(architecture_options(given, ARCHITECTURE_DEFAULTS, weights))
-        depth = resnet_options.pop("depth")
-    with warnings.catch_warnings():
-        if weights is not None:  # loaded below, into the whole FPN
-            warnings.filterwarnings("ignore", f".*{UNTRAINED_FROZEN_BN}")
-        bottom_up = make_resnet(depth, out_features=tuple(in_features), **resnet_options)
-    fpn = FPN(
-        bottom_up,
-        in_features,
-        out_channels,
-        norm=fpn_norm,
-        top_block=_make_top_block(top_block, bottom_up, in_features, out_channels),
-        fuse_type=fuse_type,
+    if weights is not None and not isinstance(weights, Weights):
+        weights = read_weights(weights)
+    architecture = {
+        name: resnet_options.pop(name) for name in SPEC_FIELDS if name in resnet_options
+    }
+    res5_dilation = resnet_options.pop("res5_dilation", 1)
+    spec = ResNetSpec.from_weights(
+        weights, res5_dilation=res5_dilation, depth=depth, **architecture
     )
-    if bottom_up.memory_format == "channels_last":  # the FPN's convs follow the ResNet's layout
-        fpn.to(memory_format=torch.channels_last)
-    if weights is not None:
+    bottom_up = build_resnet(spec, out_features=tuple(in_features), **resnet_options)
+    fpn = build_fpn(bottom_up, in_features, out_channels, fpn_norm, fuse_type, top_block)
+    if weights is None:
+        warn_untrained(resnet_options.get("norm", "FrozenBN"), 0, caller="make_resnet_fpn")
+    else:  # an ImageNet file fills the ResNet, a detector checkpoint the FPN too
         load_weights(fpn, weights)
     return fpn
 
 
-def _make_top_block(
-    name: str | None, bottom_up: Backbone, in_features: Sequence[str], out_channels: int
-) -> nn.Module | None:
-    """The top block ``name`` of :data:`TOP_BLOCKS` over the FPN's last level."""
+def build_fpn(
+    bottom_up: ResNet,
+    in_features: Sequence[str],
+    out_channels: int,
+    norm: str,
+    fuse_type: str,
+    top_block: str | None,
+) -> FPN:
+    """An :class:`FPN` over ``bottom_up`` with the top block ``top_block`` of :data:`TOP_BLOCKS`,
+    in the ResNet's memory format (arguments as in :func:`make_resnet_fpn`)."""
+    check_choice("top_block", top_block, TOP_BLOCKS)
     shapes = bottom_up.output_shape()
-    last_level = f"p{int(math.log2(shapes[in_features[-1]].stride))}"
-    if name == "maxpool":
-        return LastLevelMaxPool(last_level)
-    if name == "p6p7":
-        # Detectron2's RetinaNet builder: P6 from res5 (in_channels_p6p7 = res5's channels). An
-        # FPN without res5 has no C5 to start from: P6 then comes from its last level, as
-        # LastLevelMaxPool's does.
-        if "res5" in in_features:
-            return LastLevelP6P7(shapes["res5"].channels, out_channels, in_feature="res5")
-        return LastLevelP6P7(out_channels, out_channels, in_feature=last_level)
-    return None
+    last_level = f"p{int(math.log2(shapes[in_features[-1]].stride))}" if in_features else ""
+    top: nn.Module | None = None
+    if top_block == "maxpool":
+        top = LastLevelMaxPool(last_level)
+    elif top_block == "p6p7" and "res5" in in_features:
+        # Detectron2's RetinaNet builder: P6 from res5 (in_channels_p6p7 = res5's channels).
+        top = LastLevelP6P7(shapes["res5"].channels, out_channels, in_feature="res5")
+    elif top_block == "p6p7":  # no C5 to start from: P6 from the last level, as the max-pool's
+        top = LastLevelP6P7(out_channels, out_channels, in_feature=last_level)
+    fpn = FPN(bottom_up, in_features, out_channels, norm=norm, top_block=top, fuse_type=fuse_type)
+    if bottom_up.memory_format == "channels_last":  # the FPN's convs follow the ResNet's layout
+        fpn.to(memory_format=torch.channels_last)
+    return fpn

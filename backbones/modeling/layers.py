@@ -310,14 +310,3 @@ def conv_norm(
     )
     weight_init.c2_msra_fill(conv)
     return conv
-
-
-def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
-    """Stochastic depth (Huang et al., 2016): in training, zero each sample's residual branch
-    with probability ``rate`` and scale the kept ones by ``1 / (1 - rate)``; the identity in
-    eval or at rate 0."""
-    if rate == 0.0 or not training:
-        return x
-    keep = 1.0 - rate
-    kept = torch.empty((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
-    return x * kept.div_(keep)

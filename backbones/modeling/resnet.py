@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import check_choice
+from .spec import ResNetSpec
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 # BACKBONES.MEMORY_FORMAT: NHWC (faster convolutions on CPU and tensor cores) or NCHW.
@@ -37,11 +38,14 @@ class ResNet(D2ResNet):
         memory_format: ``"channels_last"`` or ``"contiguous"``, for weights and activations.
         grad_checkpointing: stage names (``res2``..``res5``) whose blocks are recomputed in the
             backward pass instead of keeping their activations (training only), or True for all.
+        spec: the architecture the stem and stages were built from (``make_resnet`` gives it),
+            kept as ``self.spec``: a plain attribute, not in the state dict; None if unknown.
     """
 
     # TorchScript: ``stages`` is Detectron2's Python list of the stage modules (already
-    # registered as res2..res5); scripting it would add ``stages.N.*`` keys.
-    __jit_ignored_attributes__ = ["stages", "grad_checkpointing"]
+    # registered as res2..res5); scripting it would add ``stages.N.*`` keys. ``spec`` is a
+    # record for Python code only.
+    __jit_ignored_attributes__ = ["stages", "grad_checkpointing", "spec"]
 
     def __init__(
         self,
@@ -52,6 +56,7 @@ class ResNet(D2ResNet):
         freeze_at: int = 0,
         memory_format: str = "channels_last",
         grad_checkpointing: bool | Sequence[str] = False,
+        spec: ResNetSpec | None = None,
     ):
         if not out_features:
             raise ValueError("out_features is empty; choose among " + ", ".join(FEATURE_NAMES))
@@ -72,6 +77,7 @@ class ResNet(D2ResNet):
             freeze_at=freeze_at,
         )
         self.memory_format = memory_format
+        self.spec = spec
         self.grad_checkpointing = [name for name in self.stage_names if name in grad_checkpointing]
         if memory_format == "channels_last":
             self.to(memory_format=torch.channels_last)

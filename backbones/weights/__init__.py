@@ -3,41 +3,46 @@ Detectron2's names, the architecture they hold, writing Detectron2 checkpoints, 
 into a module.
 
 Layout: ``formats`` (files), ``sources`` (the table of sources: one :class:`Source` record each,
-:func:`register_source` adds one), ``naming`` (the built-in naming schemes: recognising and
-renaming), ``architecture`` (make_resnet arguments from tensors), ``read`` (:class:`Weights`,
-:func:`read_weights`), ``convert`` (writing), ``load`` (:func:`load_weights`).
+:func:`register_source` adds one; :data:`PUBLISHED_WEIGHTS`, the published files by address),
+``naming`` (the built-in naming schemes: recognising and renaming), ``architecture``
+(make_resnet arguments from tensors), ``read`` (:class:`Weights`, :func:`read_weights`),
+``convert`` (writing), ``load`` (:func:`load_weights`).
 """
 
 from .architecture import find_resnet, infer_architecture, resnet_prefix
 from .convert import config_lines, write_detectron2_checkpoint
 from .formats import UnsafeWeightsError, WeightsFormatError, atomic_write, read_file
 from .load import LoadReport, WeightsShapeError, load_weights
-from .read import Weights, architecture_options, read_weights, weights_from_object
+from .read import Weights, read_weights, weights_from_object
 from .sources import (
     KNOWN_URLS,
+    PUBLISHED_WEIGHTS,
     SOURCES,
     InputSettings,
+    PublishedWeights,
     Renamed,
     Source,
     claiming_sources,
     convert_state_dict,
     detect_source,
+    published_weights,
     register_source,
     source_of_url,
 )
 
 __all__ = [
     "KNOWN_URLS",
+    "PUBLISHED_WEIGHTS",
     "SOURCES",
     "InputSettings",
     "LoadReport",
+    "PublishedWeights",
     "Renamed",
     "Source",
     "UnsafeWeightsError",
     "Weights",
     "WeightsFormatError",
     "WeightsShapeError",
-    "architecture_options",
     "atomic_write",
     "claiming_sources",
     "config_lines",
@@ -45,6 +50,7 @@ __all__ = [
     "detect_source",
     "infer_architecture",
     "load_weights",
+    "published_weights",
     "read_file",
     "read_weights",
     "register_source",

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 
-from ..errors import BackboneOptionError
 from .architecture import infer_architecture, resnet_prefix
 from .formats import read_file
 from .sources import SOURCES, InputSettings, convert_state_dict, detect_source
@@ -93,30 +92,3 @@ def weights_from_object(obj: Any, path: str = "<weights>") -> Weights:
     arch.update(ours.get("architecture") or {})
     weights.architecture = arch
     return weights
-
-
-def architecture_options(
-    given: Mapping[str, Any], defaults: Mapping[str, Any], weights: Weights | None
-) -> dict[str, Any]:
-    """Constructor options: the caller's where given (not None), else what ``weights`` shows
-    (its architecture, and the stride placement of its source), else ``defaults``.
-
-    Raises:
-        BackboneOptionError: a given depth that is not the file's.
-    """
-    from_file: dict[str, Any] = dict(weights.architecture) if weights is not None else {}
-    if weights is not None and weights.input is not None:
-        from_file["stride_in_1x1"] = weights.input.stride_in_1x1
-    depth = given.get("depth")
-    if depth is not None and from_file.get("depth") not in (None, depth):
-        raise BackboneOptionError(
-            "depth",
-            depth,
-            str(from_file["depth"]),
-            f"{weights.path} holds a ResNet-{from_file['depth']} "
-            f"(blocks per stage {tuple(from_file['blocks_per_stage'])})",
-        )
-    return {
-        name: given[name] if given.get(name) is not None else from_file.get(name, default)
-        for name, default in defaults.items()
-    }
