@@ -182,7 +182,7 @@ def test_report_summary_counts_and_quotes_a_few(tmp_path):
 def test_not_coco(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(DataFaultError, match=f"{bad}: not a readable JSON file"):
+    with pytest.raises(DataFaultError, match=f"{bad}: not valid JSON at line 1, column 2"):
         scan_coco_file(bad)
     bad.write_text('{"images": []}')
     with pytest.raises(DataFaultError, match="no list 'annotations', 'categories'"):

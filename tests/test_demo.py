@@ -12,12 +12,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
 from PIL import Image
 from pycocotools.coco import COCO
 
+from backbones import load_cfg
 from backbones.data import generate_shapes, register_coco_dataset
-from backbones.inference import find_inputs
+from backbones.inference import Predictor, find_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "mrcnn_r18_shapes.yaml"
@@ -144,6 +148,32 @@ def test_dataset_category_ids(tmp_path):
     assert predictions["categories"] == [{"id": 5, "name": "cat"}, {"id": 7, "name": "dog"}]
     assert predictions["annotations"]
     assert {a["category_id"] for a in predictions["annotations"]} <= {5, 7}
+
+
+def test_predictor_is_a_default_predictor(tmp_path):
+    """Same weights, same image: ``Predictor`` returns what Detectron2's ``DefaultPredictor``
+    returns, and ``instances`` the same for the RGB image, on the CPU."""
+    cfg = load_cfg(str(CONFIG), [*TINY_OPTS, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+    torch.manual_seed(0)
+    weights = tmp_path / "model.pth"
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = str(weights)
+    image_bgr = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+
+    ours, theirs = Predictor(cfg), DefaultPredictor(cfg)
+    assert isinstance(ours, DefaultPredictor)
+    assert vars(ours).keys() == vars(theirs).keys()  # the attributes its __call__ reads
+    assert ours.metadata is theirs.metadata  # DATASETS.TEST[0]'s
+    expected = theirs(image_bgr)["instances"]
+    got = ours(image_bgr)
+    assert set(got) == {"instances"} and 0 < len(got["instances"]) <= 4
+    for instances in (got["instances"], ours.instances(image_bgr[:, :, ::-1].copy())):
+        assert instances.image_size == (48, 64)
+        assert torch.equal(instances.pred_classes, expected.pred_classes)
+        torch.testing.assert_close(instances.scores, expected.scores)
+        torch.testing.assert_close(instances.pred_boxes.tensor, expected.pred_boxes.tensor)
+        assert torch.equal(instances.pred_masks, expected.pred_masks)
 
 
 def _bad_file(tmp_path: Path, name: str) -> Path:

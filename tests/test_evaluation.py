@@ -398,7 +398,7 @@ def test_more_than_100_results_per_image_warn(case):
         ("", r"dt.json: the file is empty"),
         ("  \n", r"dt.json: the file is empty"),
         ('{"image_id": 1}', r"dt.json: expected a JSON list of results, got a JSON object"),
-        ("[{]", r"dt.json: invalid JSON at line 1, column 3"),
+        ("[{]", r"dt.json: not valid JSON at line 1, column 3"),
     ],
 )
 def test_bad_results_file(case, tmp_path, text, message):
@@ -415,7 +415,8 @@ def test_missing_files_and_bad_ground_truth(case, tmp_path):
         evaluate_results(gt_file, tmp_path / "nothere.json")
     bad_gt = tmp_path / "gt.json"
     bad_gt.write_text(json.dumps({k: v for k, v in gt.items() if k != "categories"}))
-    with pytest.raises(COCOFormatError, match=r"gt.json: 'categories' must be a list"):
+    message = r"gt.json: not COCO instances \(no list 'categories'\); see docs/data.md"
+    with pytest.raises(COCOFormatError, match=message):
         evaluate_results(bad_gt, results)
     bad_gt.write_text(json.dumps(gt | {"images": gt["images"][:2] + [{"id": 12}]}))
     with pytest.raises(COCOFormatError, match=r"gt.json: images\[2\] has no height, width"):

@@ -11,7 +11,6 @@ COCO-format data under a name that ``DATASETS.TRAIN`` / ``DATASETS.TEST`` can us
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -24,7 +23,8 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
-from .coco_faults import FaultReport, find_coco_faults, find_image_faults
+from ..coco_json import COCO_LISTS, COCOFormatError, read_coco_json
+from .coco_faults import FaultReport, Finding, find_coco_faults, find_image_faults
 
 __all__ = [
     "COCO_SPLITS",
@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 COCO_SPLITS = ("train2017", "val2017")
 # Names of missing or inconsistent items quoted in a report, per kind of problem.
 _EXAMPLES = 5
-_COCO_KEYS = ("images", "annotations", "categories")
 
 
 def datasets_root() -> str:
@@ -73,14 +72,16 @@ class SplitReport:
         json_file: the instances JSON (``<root>/annotations/instances_<split>.json``).
         present: what is there, one readable line each.
         missing: what is absent (folder, JSON, image files).
-        inconsistent: what is there but wrong (JSON not parseable or not COCO, dangling ids,
+        inconsistent: what is there but wrong (JSON not readable as COCO, the error of
+            :func:`~backbones.coco_json.read_coco_json`; dangling ids, malformed annotations,
             duplicate ids, unreadable images or sizes that differ from the JSON).
         num_images, num_annotations, num_categories: counts in the JSON (``None`` if unread).
         num_checked: listed images looked up on disk.
         num_missing_images: listed images that are not on disk.
         faults: with ``faults=True``, the data faults (:mod:`backbones.data.coco_faults`);
-            unknown ids and, with ``check_images``, unreadable images and wrong sizes are then
-            findings there instead of ``inconsistent`` lines (which summarise the same checks).
+            unknown ids, malformed annotations and, with ``check_images``, unreadable images
+            and wrong sizes are then findings there instead of ``inconsistent`` lines (which
+            summarise the same findings).
     """
 
     split: str
@@ -165,18 +166,9 @@ def _read_coco_json(report: SplitReport) -> dict | None:
         report.missing.append(f"annotations {path}")
         return None
     try:
-        with open(path) as f:
-            coco = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        report.inconsistent.append(f"annotations {path}: not valid JSON ({e})")
-        return None
-    absent = [
-        k for k in _COCO_KEYS if not isinstance(coco, dict) or not isinstance(coco.get(k), list)
-    ]
-    if absent:
-        report.inconsistent.append(
-            f"annotations {path}: not COCO instances (no list {', '.join(map(repr, absent))})"
-        )
+        coco = read_coco_json(path)
+    except COCOFormatError as e:
+        report.inconsistent.append(f"annotations {e}")
         return None
     report.num_images = len(coco["images"])
     report.num_annotations = len(coco["annotations"])
@@ -188,29 +180,39 @@ def _read_coco_json(report: SplitReport) -> dict | None:
     return coco
 
 
-def _check_ids(report: SplitReport, coco: dict, *, unknown: bool = True) -> None:
-    """Duplicate ids, and with ``unknown`` annotations that name an unknown image or category."""
+def _check_ids(report: SplitReport, coco: dict) -> None:
+    """Duplicate ids (Detectron2's loader refuses duplicate annotation ids and keeps one image
+    of those sharing an id), and annotations without one."""
     path = report.json_file
     try:
-        for key in _COCO_KEYS:
+        for key in COCO_LISTS:
             dups = _duplicates(entry["id"] for entry in coco[key])
             if dups:
                 report.inconsistent.append(
                     f"annotations {path}: {len(dups)} duplicate {key} ids ({_examples(dups)})"
                 )
-        if not unknown:  # the data fault scan names each one
-            return
-        image_ids = {image["id"] for image in coco["images"]}
-        category_ids = {category["id"] for category in coco["categories"]}
-        for key, known in (("image_id", image_ids), ("category_id", category_ids)):
-            bad = [ann["id"] for ann in coco["annotations"] if ann[key] not in known]
-            if bad:
-                report.inconsistent.append(
-                    f"annotations {path}: {len(bad)} annotations with an unknown {key} "
-                    f"(annotation ids {_examples(bad)})"
-                )
     except (KeyError, TypeError) as e:
         report.inconsistent.append(f"annotations {path}: an entry lacks the field {e}")
+
+
+# Annotation faults summarised as one line each when check_coco_dataset is not asked for the
+# fault report itself.
+_ANNOTATION_SUMMARIES = {
+    "unknown_image": "annotations with an unknown image_id",
+    "unknown_category": "annotations with an unknown category_id",
+    "malformed": "annotations that are not objects with image_id and category_id",
+}
+
+
+def _summarize_annotation_faults(report: SplitReport, findings: Sequence[Finding]) -> None:
+    """The id faults of :func:`find_coco_faults` as one ``inconsistent`` line per kind."""
+    for kind, what in _ANNOTATION_SUMMARIES.items():
+        bad = [f.annotation_id for f in findings if f.kind == kind]
+        if bad:
+            report.inconsistent.append(
+                f"annotations {report.json_file}: {len(bad)} {what} (annotation ids "
+                f"{_examples(bad)})"
+            )
 
 
 def _check_image_files(report: SplitReport, coco: dict, check_images: bool) -> None:
@@ -222,7 +224,7 @@ def _check_image_files(report: SplitReport, coco: dict, check_images: bool) -> N
         report.inconsistent.append(f"images {report.image_dir}: cannot list the folder ({e})")
         return
     report.present.append(f"images {report.image_dir} ({len(on_disk)} files)")
-    images = [image for image in coco["images"] if isinstance(image, dict)]
+    images = coco["images"]
     # Every listed name is looked up (a set lookup per image, no stat); names with a folder
     # part fall back to the filesystem.
     missing = [
@@ -249,7 +251,7 @@ def _check_image_files(report: SplitReport, coco: dict, check_images: bool) -> N
 
 def _summarize_image_faults(report: SplitReport, images: Sequence[dict]) -> None:
     """The image faults of :func:`find_image_faults` as one ``inconsistent`` line per kind."""
-    names = {image.get("id"): image.get("file_name") for image in images}
+    names = {image["id"]: image.get("file_name") for image in images}
     findings = find_image_faults(images, report.image_dir, report.json_file)
     for kind, what in (
         ("unreadable_image", "cannot be read as images"),
@@ -296,9 +298,12 @@ def check_coco_dataset(
         report.missing.append(f"images folder {image_root}")
     coco = _read_coco_json(report)
     if coco is not None:
+        _check_ids(report, coco)
+        found = find_coco_faults(coco, json_file)
         if faults:
-            report.faults = find_coco_faults(coco, json_file)
-        _check_ids(report, coco, unknown=not faults)
+            report.faults = found
+        else:
+            _summarize_annotation_faults(report, found.findings)
         if image_dir_present:
             _check_image_files(report, coco, check_images)
     return report

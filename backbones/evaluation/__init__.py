@@ -4,7 +4,8 @@ Modules, each importing only those before it:
 
 * ``cocoeval``: faster-coco-eval's ``COCOeval`` run as pycocotools' is (the one place metrics
   are computed), the stat names and IoU types;
-* ``results``: reading and checking ground-truth and results files (RLE, polygons, boxes);
+* ``results``: checking results against the ground truth (RLE, polygons, boxes); both files
+  are read by :mod:`backbones.coco_json`;
 * ``evaluator``: :class:`FasterCOCOEvaluator`, Detectron2's ``COCOEvaluator`` for
   ``train_net.py``, and :func:`coco_stats`;
 * ``offline``: :func:`evaluate_results` of a results file, and the report dataclasses;

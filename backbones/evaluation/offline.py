@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from ..coco_json import check_coco_instances
 from ..progress import Progress
 from .cocoeval import COCO_BACKEND, STAT_NAMES, coco_index, run_cocoeval
-from .results import check_gt, load_gt_file, load_results_file, validate_results
+from .results import load_gt_file, load_results_file, validate_results
 
 logger = logging.getLogger(__name__)
 # From this many results on, COCOeval is announced before it starts: a second or more per IoU
@@ -124,7 +125,7 @@ def evaluate_results(
     """
     if isinstance(gt_json, Mapping):
         gt = gt_json
-        check_gt(gt, "ground truth")
+        check_coco_instances(gt, "ground truth")
     else:
         gt = load_gt_file(gt_json)
     source = "results"

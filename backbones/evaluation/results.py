@@ -1,123 +1,49 @@
-"""Reading and checking COCO ground-truth and results files (Lin et al., 2014, "Microsoft COCO").
+"""Checking COCO results against their ground truth (Lin et al., 2014, "Microsoft COCO").
 
 A results file is a JSON list of ``{"image_id", "category_id", "score", "bbox" | "segmentation"}``;
-masks are compressed RLE (pycocotools' ``maskApi.c`` format), uncompressed RLE or polygons.
+masks are compressed RLE (pycocotools' ``maskApi.c`` format), uncompressed RLE or polygons. Both
+files are read by the one COCO reader, :mod:`backbones.coco_json`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from numbers import Real
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pycocotools.mask as mask_util
 
+from ..coco_json import (
+    COCOFormatError,
+    check_coco_instances,
+    json_type,
+    read_coco_json,
+    read_coco_results,
+)
 from ..progress import Progress
 from .cocoeval import IOU_TYPES, MAX_DETS
 
+__all__ = [
+    "COCOFormatError",
+    "COCOResultsWarning",
+    "load_gt_file",
+    "load_results_file",
+    "validate_results",
+]
+
 logger = logging.getLogger(__name__)
-# Files from this size on are announced before they are parsed: 0.5 s of json.loads and more
-# (a 63 MB file of 200,000 box-and-polygon results takes 2.4 s on one core).
-_ANNOUNCE_BYTES = 16 * 2**20
-
-
-class COCOFormatError(ValueError):
-    """A ground-truth or results file (or entry) that is not in the COCO format."""
+# The evaluation's names for the one reader: the ground truth (an instances file), the results.
+load_gt_file = read_coco_json
+load_results_file = read_coco_results
 
 
 class COCOResultsWarning(UserWarning):
     """Results that are valid but probably not what was meant (none at all, too many)."""
-
-
-def _read_json(path: str | os.PathLike, expected: str) -> Any:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise COCOFormatError(f"{path}: cannot read: {e}") from None
-    if len(text) >= _ANNOUNCE_BYTES:
-        logger.info(f"reading {path} ({len(text) / 2**20:.0f} MB of JSON)")
-    if not text.strip():
-        raise COCOFormatError(f"{path}: the file is empty; expected {expected}")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise COCOFormatError(
-            f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
-        ) from None
-
-
-def load_results_file(path: str | os.PathLike) -> list:
-    """The entries of a COCO results file (a JSON list), unchecked (see :func:`validate_results`).
-
-    Args:
-        path: the results file.
-
-    Returns:
-        the loaded list, as it is in the file.
-
-    Raises:
-        COCOFormatError: naming ``path``: unreadable or empty file, invalid JSON, not a list.
-    """
-    data = _read_json(path, "a JSON list of results")
-    if not isinstance(data, list):
-        raise COCOFormatError(
-            f"{path}: expected a JSON list of results, got a JSON {_json_type(data)}"
-        )
-    return data
-
-
-def load_gt_file(path: str | os.PathLike) -> dict:
-    """A COCO ground-truth file: an object with "images", "annotations" and "categories".
-
-    Args:
-        path: the ground-truth file (COCO instances format).
-
-    Returns:
-        the loaded dict, checked by :func:`check_gt`.
-
-    Raises:
-        COCOFormatError: naming ``path``: unreadable or empty file, invalid JSON, a missing
-            list, an image without id / height / width, a category without id / name.
-    """
-    data = _read_json(path, "a COCO ground-truth object")
-    check_gt(data, str(path))
-    return data
-
-
-def _json_type(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string"}.get(type(value), type(value).__name__)
-
-
-def check_gt(gt: Any, source: str) -> None:
-    """Check that ``gt`` is a COCO ground-truth dict, as :func:`load_gt_file` does.
-
-    Args:
-        gt: the loaded ground truth.
-        source: how errors name it (e.g. the file).
-
-    Raises:
-        COCOFormatError: not an object, a missing list, an image without id / height / width,
-            a category without id / name.
-    """
-    if not isinstance(gt, dict):
-        raise COCOFormatError(f"{source}: expected a COCO object, got a JSON {_json_type(gt)}")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(gt.get(key), list):
-            raise COCOFormatError(f"{source}: {key!r} must be a list of COCO {key}")
-    for key, needed in (("images", ("id", "height", "width")), ("categories", ("id", "name"))):
-        for i, item in enumerate(gt[key]):
-            missing = [k for k in needed if not isinstance(item, dict) or k not in item]
-            if missing:
-                raise COCOFormatError(f"{source}: {key}[{i}] has no {', '.join(missing)}")
 
 
 def _is_number(value: Any) -> bool:
@@ -245,7 +171,7 @@ def validate_results(
     for iou_type in iou_types:
         if iou_type not in IOU_TYPES:
             raise ValueError(f"Unknown IoU type {iou_type!r}; options: {IOU_TYPES}")
-    check_gt(gt, "ground truth")
+    check_coco_instances(gt, "ground truth")
     image_sizes = {img["id"]: (img["height"], img["width"]) for img in gt["images"]}
     category_ids = {cat["id"] for cat in gt["categories"]}
     required = ("image_id", "category_id", "score") + tuple(
@@ -257,7 +183,7 @@ def validate_results(
     for index, entry in enumerate(results):
         if not isinstance(entry, dict):
             raise COCOFormatError(
-                f"{source}: entry {index} is a JSON {_json_type(entry)}, not an object"
+                f"{source}: entry {index} is a JSON {json_type(entry)}, not an object"
             )
         where = (
             f"{source}: entry {index} (image_id={entry.get('image_id')!r}, "

@@ -1,15 +1,15 @@
-"""Predictions of a Detectron2 model for single images, with weights of any source, and the settings
-for drawing them."""
+"""Predictions of a Detectron2 model for single images (Detectron2's ``DefaultPredictor``), with
+weights of any source, and the settings for drawing them."""
 
 from __future__ import annotations
 
 import logging
 
 import numpy as np
-import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.data import transforms as T
+from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
@@ -43,22 +43,30 @@ def drawing_scale(image: np.ndarray) -> float:
     return max(1.0, _MIN_DRAWN_SIZE / min(image.shape[:2]))
 
 
-class Predictor:
-    """Detectron2's ``DefaultPredictor`` with weights loaded by :class:`BackbonesCheckpointer`.
+class Predictor(DefaultPredictor):
+    """Detectron2's ``DefaultPredictor`` with weights of any source, loaded by
+    :class:`BackbonesCheckpointer`.
 
-    The model is Detectron2's ``build_model(cfg)`` in eval mode; images are resized as in testing
-    (``ResizeShortestEdge`` to ``INPUT.MIN_SIZE_TEST``, at most ``INPUT.MAX_SIZE_TEST``) and
-    given to the model in ``INPUT.FORMAT``.
+    ``predictor(image)`` is ``DefaultPredictor``'s: a BGR ``(H, W, 3)`` image in, the model's
+    output for it (``{"instances": Instances}``, on ``MODEL.DEVICE``) out; the image is resized
+    as in testing (``ResizeShortestEdge`` to ``INPUT.MIN_SIZE_TEST``, at most
+    ``INPUT.MAX_SIZE_TEST``) and given to the model in ``INPUT.FORMAT``. :meth:`instances` takes
+    an RGB image and returns its instances on the CPU, as the demo draws them.
     """
 
     def __init__(self, cfg: CfgNode) -> None:
         check_choice("INPUT.FORMAT", cfg.INPUT.FORMAT, ("BGR", "RGB"))
-        weights = cfg.MODEL.WEIGHTS
+        # Not DefaultPredictor.__init__: its DetectionCheckpointer reads Detectron2's formats
+        # only and unpickles .pkl files with pickle (code may run), where BackbonesCheckpointer
+        # reads every weight source (torchvision, timm, ...) without running code. The
+        # attributes set are DefaultPredictor's, so its __call__ runs unchanged.
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
         self.model.eval()
-        if weights:
-            BackbonesCheckpointer(self.model, cfg=self.cfg).load(weights)
+        if len(cfg.DATASETS.TEST):
+            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        if cfg.MODEL.WEIGHTS:
+            BackbonesCheckpointer(self.model, cfg=self.cfg).load(cfg.MODEL.WEIGHTS)
         else:
             logger.warning("MODEL.WEIGHTS is empty: predicting with a randomly initialised model")
         self.aug = T.ResizeShortestEdge(
@@ -66,15 +74,9 @@ class Predictor:
         )
         self.input_format = cfg.INPUT.FORMAT
 
-    @torch.no_grad()
-    def __call__(self, image_rgb: np.ndarray) -> Instances:
+    def instances(self, image_rgb: np.ndarray) -> Instances:
         """Predictions for one uint8 RGB ``(H, W, 3)`` image, on the CPU, in its pixels."""
-        image = image_rgb if self.input_format == "RGB" else image_rgb[:, :, ::-1]
-        height, width = image.shape[:2]
-        image = self.aug.get_transform(image).apply_image(image)
-        tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)).astype("float32"))
-        outputs = self.model([{"image": tensor, "height": height, "width": width}])[0]
-        return outputs["instances"].to("cpu")
+        return self(image_rgb[:, :, ::-1])["instances"].to("cpu")
 
 
 def _num_classes(cfg: CfgNode) -> int:
