@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+import torchvision
 
 from backbones import Trainer, load_cfg
 from backbones.engine.cli import check_datasets, describe_error, user_errors
@@ -139,6 +140,22 @@ def test_mismatched_weights(weights, tmp_path):
         "the file but (4, 128) in the model."
     )
     assert "BACKBONES.SKIP_MISMATCHED" in line
+
+
+def test_weights_of_another_depth_name_both_and_the_config(tmp_path):
+    # An R-18 file into the R-50 config: one round, naming the depths, not the input settings.
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    proc = train_net("--config-file", "configs/frcnn_r50.yaml", "MODEL.WEIGHTS", str(path))
+    line = error_line(proc, 2)
+    assert line.startswith(
+        f"error: MODEL.WEIGHTS {path} holds a ResNet-18 (basic blocks), not the config's network: "
+        "MODEL.RESNETS.DEPTH is 50, the weights' 18; MODEL.RESNETS.RES2_OUT_CHANNELS is 256, "
+        "the weights' 64. Use configs/frcnn_r18.yaml (the config for these weights), set "
+        "MODEL.RESNETS.DEPTH 18 MODEL.RESNETS.RES2_OUT_CHANNELS 64"
+    )
+    assert proc.stderr.splitlines()[0] == line  # the first thing said
+    assert "GeneralizedRCNN" not in proc.stdout + proc.stderr  # no model was built
 
 
 def _closed_port() -> int:

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2 import model_zoo
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.modeling.roi_heads import Res5ROIHeads
 
 from backbones import BLOCK_TYPES, DEPTHS, FPN, SOURCES, ResNet, load_cfg
-from backbones.weights import source_of_url
+from backbones.config import architecture_conflicts, input_settings
+from backbones.weights import published_weights, source_of_url
 
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -58,12 +60,36 @@ ZOO = {
     "retinanet_r101_3x.yaml": "COCO-Detection/retinanet_R_101_FPN_3x.yaml",
 }
 
+# The PASCAL VOC configs (the paper's Table 7): frcnn_{preset}[_c4]_voc over a Base-VOC-*.yaml. The
+# zoo has Detectron2's R-50 recipes only; ours at other depths are those with the depth, weights and
+# the weights' input settings changed.
+VOC_NAME = re.compile(r"frcnn_(?P<preset>r(?P<depth>\d+))(?:_(?P<design>c4))?_voc")
+VOC = [p for p in LEAVES if VOC_NAME.fullmatch(p.stem)]
+VOC_ZOO = {
+    "frcnn_r50_voc.yaml": "PascalVOC-Detection/faster_rcnn_R_50_FPN.yaml",
+    "frcnn_r50_c4_voc.yaml": "PascalVOC-Detection/faster_rcnn_R_50_C4.yaml",
+}
+# The keys a VOC config at another depth may set otherwise than the zoo's R-50 recipe.
+WEIGHT_KEYS = {
+    "MODEL.WEIGHTS",
+    "MODEL.RESNETS.DEPTH",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",  # basic blocks (R-18, R-34): res2 is 64 wide
+    "MODEL.RESNETS.STRIDE_IN_1X1",
+    "MODEL.PIXEL_MEAN",
+    "MODEL.PIXEL_STD",
+    "INPUT.FORMAT",
+}
+# ImageNet weights of each depth: MSRA's where Detectron2 has them, else torchvision's own files.
+VOC_WEIGHTS = {
+    18: "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    34: "https://download.pytorch.org/models/resnet34-b627a593.pth",
+    50: "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
+    101: "detectron2://ImageNetPretrained/MSRA/R-101.pkl",
+    152: "https://download.pytorch.org/models/resnet152-394f9c45.pth",
+}
+
 # What each schedule of Detectron2's zoo trains for (batch 16): (SOLVER.STEPS, SOLVER.MAX_ITER).
 SCHEDULES = {"1x": ((60000, 80000), 90000), "3x": ((210000, 250000), 270000)}
-# The ImageNet weights a preset starts from: R-<depth>.pkl, X-<depth>-<groups>x<width>d.pkl.
-WEIGHTS_NAME = re.compile(
-    r"(?P<kind>[RX])-(?P<depth>\d+)(?:-(?P<groups>\d+)x(?P<width>\d+)d)?\.pkl"
-)
 
 
 def zoo_name(stem: str) -> str:
@@ -110,7 +136,7 @@ def test_the_depth_ladder_and_the_papers_designs_exist():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_merges_and_builds_on_cpu(path):
     cfg = load_cfg(str(path), ["MODEL.DEVICE", "cpu"])
-    if path.name.startswith(("Base-RCNN", "Base-RetinaNet")):
+    if path.name.startswith(("Base-RCNN", "Base-RetinaNet", "Base-VOC")):
         # The base alone has no weights: with FrozenBN and FREEZE_AT 2 that deserves a warning.
         with pytest.warns(UserWarning, match="no MODEL.WEIGHTS"):
             model = build_model(cfg)
@@ -140,7 +166,7 @@ def test_leaf_configs_stay_short_and_set_weight_dependent_inputs(path):
     if not cfg.MODEL.WEIGHTS:
         return  # from scratch: any input settings
     source = source_of_url(cfg.MODEL.WEIGHTS)
-    assert source is not None, f"{path.name}: {cfg.MODEL.WEIGHTS} is no known zoo address"
+    assert source is not None, f"{path.name}: {cfg.MODEL.WEIGHTS} is no published address"
     wanted = SOURCES[source].input
     assert cfg.INPUT.FORMAT == wanted.format
     assert list(cfg.MODEL.PIXEL_MEAN) == pytest.approx(list(wanted.pixel_mean))
@@ -152,6 +178,27 @@ def test_leaf_configs_stay_short_and_set_weight_dependent_inputs(path):
         assert source in comments.lower(), f"{path.name}: name the weights' source ({source})"
 
 
+@pytest.mark.parametrize("path", LEAVES, ids=lambda p: p.name)
+def test_weights_are_a_published_file_of_the_configs_network(path, monkeypatch):
+    def no_download(url):
+        raise AssertionError(f"{path.name}: load_cfg fetched {url}")
+
+    monkeypatch.setattr(input_settings, "fetch_weights", no_download)
+    written = load_cfg(str(path), ["BACKBONES.INPUT_FROM_WEIGHTS", "off"])  # as written
+    if not written.MODEL.WEIGHTS:
+        return  # from scratch
+    # A file that really exists: Detectron2's ImageNet files or torchvision's own.
+    weights = published_weights(written.MODEL.WEIGHTS)
+    assert weights is not None, f"{path.name}: {written.MODEL.WEIGHTS} is no published file"
+    # It holds the config's network, stride placement included: nothing to change, nothing to
+    # download to know it.
+    settings = SOURCES[weights.source].input
+    assert architecture_conflicts(written, weights.architecture, settings) == []
+    auto, as_written = flatten(load_cfg(str(path))), flatten(written)
+    del auto["BACKBONES.INPUT_FROM_WEIGHTS"], as_written["BACKBONES.INPUT_FROM_WEIGHTS"]
+    assert auto == as_written
+
+
 @pytest.mark.parametrize("path", COCO, ids=lambda p: p.name)
 def test_coco_configs_build_what_their_names_say(path):
     m = NAME.fullmatch(path.stem)
@@ -159,12 +206,11 @@ def test_coco_configs_build_what_their_names_say(path):
     r = cfg.MODEL.RESNETS
     assert cfg.MODEL.MASK_ON == (m["detector"] == "mrcnn")
     # The preset: the depth (and ResNeXt's groups), and ImageNet weights of that network.
-    weights = WEIGHTS_NAME.fullmatch(cfg.MODEL.WEIGHTS.rsplit("/", 1)[-1])
-    assert weights is not None, cfg.MODEL.WEIGHTS
+    weights = published_weights(cfg.MODEL.WEIGHTS)
+    assert weights is not None, f"{cfg.MODEL.WEIGHTS} is no published file"
     groups, width = (32, 8) if m["preset"] == "x101_32x8d" else (1, 64)
     assert (r.DEPTH, r.NUM_GROUPS, r.WIDTH_PER_GROUP) == (int(m["preset"][1:4]), groups, width)
-    assert int(weights["depth"]) == r.DEPTH
-    assert (int(weights["groups"] or 1), int(weights["width"] or 64)) == (groups, width)
+    assert (weights.depth, weights.num_groups, weights.width_per_group) == (r.DEPTH, groups, width)
     # The design: FPN, C4 (res5 runs per RoI in Res5ROIHeads) or DC5 (dilated res5); RetinaNet's
     # FPN (P3-P7) feeds its dense head, with no RoI heads.
     fpn = m["design"] is None
@@ -198,7 +244,7 @@ def test_every_config_with_a_zoo_counterpart_is_compared():
     }
 
 
-@pytest.mark.parametrize("ours, zoo", ZOO.items(), ids=list(ZOO))
+@pytest.mark.parametrize("ours, zoo", [*ZOO.items(), *VOC_ZOO.items()], ids=[*ZOO, *VOC_ZOO])
 def test_config_equals_the_model_zoo_recipe(ours, zoo):
     # Both composed the same way: Detectron2's defaults, BACKBONES, the YAML chain, and the
     # input settings of their weights for keys the YAMLs leave unset.
@@ -213,3 +259,40 @@ def test_config_equals_the_model_zoo_recipe(ours, zoo):
         if mine.get(k, missing) != theirs.get(k, missing)
     ]
     assert not differ, f"{ours} differs from the zoo's {zoo}:\n  " + "\n  ".join(differ)
+
+
+def test_the_voc_ladder_exists_and_is_compared_with_the_zoo():
+    names = {p.stem for p in VOC}
+    wanted = {f"frcnn_r{depth}_voc" for depth in LADDER} | {"frcnn_r50_c4_voc", "frcnn_r101_c4_voc"}
+    assert wanted <= names, f"missing: {sorted(wanted - names)}"
+    voc_zoo = Path(model_zoo.get_config_file(VOC_ZOO["frcnn_r50_voc.yaml"])).parent
+    in_zoo = set()
+    for p in VOC:
+        m = VOC_NAME.fullmatch(p.stem)
+        zoo = f"faster_rcnn_R_{m['depth']}_{'C4' if m['design'] else 'FPN'}.yaml"
+        if (voc_zoo / zoo).is_file():
+            in_zoo.add(p.name)
+            assert VOC_ZOO.get(p.name) == f"PascalVOC-Detection/{zoo}"
+    assert in_zoo == {"frcnn_r50_voc.yaml", "frcnn_r50_c4_voc.yaml"}
+
+
+@pytest.mark.parametrize("path", VOC, ids=lambda p: p.name)
+def test_voc_configs_are_the_zoo_recipe_but_the_depth_and_its_weights(path):
+    m = VOC_NAME.fullmatch(path.stem)
+    depth = int(m["depth"])
+    zoo = "PascalVOC-Detection/faster_rcnn_R_50_" + ("C4" if m["design"] else "FPN") + ".yaml"
+    # As written (no input settings filled in from the weights, nothing downloaded).
+    off = ["BACKBONES.INPUT_FROM_WEIGHTS", "off"]
+    mine = flatten(load_cfg(str(path), off))
+    theirs = flatten(load_cfg(model_zoo.get_config_file(zoo), off))
+    assert mine.pop("MODEL.BACKBONE.NAME") == "backbones_" + theirs.pop("MODEL.BACKBONE.NAME")
+    keys = {k for k in mine.keys() | theirs.keys() if not k.startswith("BACKBONES.")}
+    differ = {k for k in keys if mine.get(k) != theirs.get(k)}
+    extra = sorted(differ - WEIGHT_KEYS)
+    assert not extra, f"{path.name} differs from {zoo} in {extra}"
+    assert (mine["MODEL.RESNETS.DEPTH"], mine["MODEL.WEIGHTS"]) == (depth, VOC_WEIGHTS[depth])
+    # VOC's 20 classes, from the datasets Detectron2 registers (evaluated as Pascal VOC).
+    for name in mine["DATASETS.TRAIN"] + mine["DATASETS.TEST"]:
+        meta = MetadataCatalog.get(name)
+        assert meta.evaluator_type == "pascal_voc"
+        assert len(meta.thing_classes) == mine["MODEL.ROI_HEADS.NUM_CLASSES"] == 20

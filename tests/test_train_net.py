@@ -36,7 +36,7 @@ def test_the_parent_composes_the_config_once_and_passes_it(train_net, monkeypatc
         launched.append((main, num_gpus, kwargs))
 
     monkeypatch.setattr(train_net, "load_cfg", counting_load_cfg)
-    monkeypatch.setattr(train_net, "launch", fake_launch)
+    monkeypatch.setattr("backbones.engine.cli.launch", fake_launch)
     argv = ["train_net.py", "--config-file", str(CONFIG), "--num-gpus", "2", "SEED", "3"]
     monkeypatch.setattr(sys, "argv", argv)
     train_net.invoke_main()

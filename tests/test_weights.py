@@ -22,6 +22,7 @@ from backbones.config import InputSettingsError, apply_input_settings, config_or
 from backbones.engine import load_cfg
 from backbones.weights import (
     KNOWN_URLS,
+    PUBLISHED_WEIGHTS,
     SOURCES,
     InputSettings,
     Renamed,
@@ -32,6 +33,7 @@ from backbones.weights import (
     claiming_sources,
     detect_source,
     load_weights,
+    published_weights,
     read_file,
     read_weights,
     register_source,
@@ -487,13 +489,68 @@ def test_every_source_is_one_record():
     for name, source in SOURCES.items():
         assert source.name == name and source.description
         assert callable(source.detect) and callable(source.rename)
-    assert dict(KNOWN_URLS) == {
-        "detectron2://ImageNetPretrained/torchvision/": "torchvision",
-        "detectron2://ImageNetPretrained/MSRA/": "msra",
-        "detectron2://ImageNetPretrained/FAIR/": "fair",
-    }
+    # The built-in sources' files are known by their exact address, not by a prefix: an address
+    # Detectron2's store does not hold (torchvision/R-18.pkl, MSRA/R-152.pkl) is not theirs.
+    assert dict(KNOWN_URLS) == {}
     assert source_of_url("detectron2://ImageNetPretrained/MSRA/R-50.pkl") == "msra"
+    assert source_of_url("detectron2://ImageNetPretrained/FAIR/X-101-32x8d.pkl") == "fair"
+    assert source_of_url("detectron2://ImageNetPretrained/torchvision/R-50.pkl") == "torchvision"
+    for unpublished in ("torchvision/R-18.pkl", "torchvision/R-152.pkl", "MSRA/R-152.pkl"):
+        assert source_of_url(f"detectron2://ImageNetPretrained/{unpublished}") is None
+    assert (
+        source_of_url("https://download.pytorch.org/models/resnet18-f37072fd.pth") == "torchvision"
+    )
     assert source_of_url("https://example.com/R-50.pkl") is None
+
+
+# torchvision's weight enums of the ResNet family (installed data: no download) -> builder.
+TORCHVISION_WEIGHTS = {
+    "ResNet18_Weights": "resnet18",
+    "ResNet34_Weights": "resnet34",
+    "ResNet50_Weights": "resnet50",
+    "ResNet101_Weights": "resnet101",
+    "ResNet152_Weights": "resnet152",
+    "ResNeXt50_32X4D_Weights": "resnext50_32x4d",
+    "ResNeXt101_32X8D_Weights": "resnext101_32x8d",
+    "ResNeXt101_64X4D_Weights": "resnext101_64x4d",
+    "Wide_ResNet50_2_Weights": "wide_resnet50_2",
+    "Wide_ResNet101_2_Weights": "wide_resnet101_2",
+}
+
+
+@pytest.mark.parametrize("enum_name", TORCHVISION_WEIGHTS)
+def test_published_torchvision_files_are_torchvisions_own(enum_name):
+    builder = TORCHVISION_WEIGHTS[enum_name]
+    with torch.device("meta"):  # shapes only: full-size models in no time and no memory
+        tensors = getattr(torchvision.models, builder)().state_dict()
+    held = weights_from_object(tensors, builder).architecture
+    for weights in getattr(torchvision.models, enum_name):
+        record = published_weights(weights.url)
+        assert record is not None, f"{weights.url} ({enum_name}.{weights.name}) is not known"
+        assert (record.source, record.name) == ("torchvision", builder)
+        assert weights.name == f"IMAGENET1K_{record.recipe}"
+        # What load_cfg knows without the file is what the file holds.
+        assert record.architecture == held
+        # torchvision normalises with ImageNet's mean and std (0-1 pixels): the source's input.
+        mean = [round(m * 255, 3) for m in weights.transforms().mean]
+        assert mean == list(SOURCES["torchvision"].input.pixel_mean)
+    ours = [w for w in PUBLISHED_WEIGHTS.values() if w.name == builder]
+    assert len(ours) == len(getattr(torchvision.models, enum_name))  # none made up
+
+
+def test_published_detectron2_files_are_its_four_imagenet_files():
+    store = "detectron2://ImageNetPretrained/"
+    published = {url: w for url, w in PUBLISHED_WEIGHTS.items() if url.startswith(store)}
+    assert {url[len(store) :]: (w.source, w.depth) for url, w in published.items()} == {
+        "MSRA/R-50.pkl": ("msra", 50),
+        "MSRA/R-101.pkl": ("msra", 101),
+        "FAIR/X-101-32x8d.pkl": ("fair", 101),
+        "torchvision/R-50.pkl": ("torchvision", 50),
+    }
+    x101 = published[store + "FAIR/X-101-32x8d.pkl"].architecture
+    assert (x101["num_groups"], x101["width_per_group"]) == (32, 8)
+    # Any other address is read from its file (no record): every record has a known source.
+    assert all(w.source in SOURCES for w in PUBLISHED_WEIGHTS.values())
 
 
 @pytest.fixture
@@ -557,13 +614,11 @@ def test_registering_a_taken_name_or_address_is_refused(sources_table):
     register_source(TOY)
     with pytest.raises(ValueError, match=r"weight source 'toy' is already registered"):
         register_source(TOY)
-    with pytest.raises(
-        ValueError, match=r"'detectron2://ImageNetPretrained/MSRA/' already belongs"
-    ):
-        register_source(replace(TOY, name="msra2", urls=("detectron2://ImageNetPretrained/MSRA/",)))
+    with pytest.raises(ValueError, match=r"'toyzoo://' already belongs to 'toy'"):
+        register_source(replace(TOY, name="toy3", urls=("toyzoo://",)))
     with pytest.raises(TypeError, match=r"urls=\('toyzoo2://',\)"):
         replace(TOY, name="toy2", urls="toyzoo2://")
-    assert "msra2" not in SOURCES and "toy2" not in SOURCES
+    assert "toy3" not in SOURCES and "toy2" not in SOURCES
 
 
 def test_a_file_two_sources_claim_is_an_error_naming_both(sources_table):

@@ -26,6 +26,7 @@ from detectron2.utils.logger import setup_logger
 
 import backbones  # noqa: F401  (registers our backbones and the shapes datasets)
 from backbones import load_cfg
+from backbones.engine.cli import check_weights, user_errors
 from backbones.inference import IMAGE_FORMATS, run_demo
 
 
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     except (AssertionError, KeyError, ValueError, FileNotFoundError) as e:
         # yacs reports an unknown key with an AssertionError.
         raise SystemExit(f"error: {args.config_file}: {e}") from None
+    with user_errors():  # the weights: downloaded if needed and checked before the model is built
+        check_weights(cfg, config_file=args.config_file)
     try:
         result = run_demo(
             cfg,

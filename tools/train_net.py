@@ -24,27 +24,26 @@ from backbones.quiet import quiet_third_party_warnings
 
 import argparse
 import logging
-import os
-from datetime import timedelta
 from typing import Any
 
 from detectron2.config import CfgNode
-from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from backbones import BackbonesCheckpointer, Trainer, load_cfg
-from backbones.engine import launch, setup
+from backbones.engine import setup
 from backbones.engine.cli import (
     check_datasets,
     check_devices,
+    check_weights,
     describe_launch,
-    plan_launch,
+    launch_tool,
+    plan_launch_from_args,
+    training_argument_parser,
     training_batch,
     user_errors,
 )
 from backbones.engine.config import ConfigError
-from backbones.engine.distributed import DEFAULT_RENDEZVOUS_TIMEOUT, detect_launch
 
 logger = logging.getLogger("backbones.train_net")
 
@@ -81,27 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ``--num-gpus``, ``--num-machines``, ``--machine-rank`` and ``--dist-url`` are ``None`` when
     not given: under torchrun or SLURM the launcher decides them.
     """
-    parser = default_argument_parser()
-    parser.set_defaults(num_gpus=None, num_machines=None, machine_rank=None, dist_url=None)
-    parser.add_argument(
-        "--dataset",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO-format dataset under NAME for DATASETS.TRAIN/TEST (repeatable)",
-    )
-    parser.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=DEFAULT_RENDEZVOUS_TIMEOUT.total_seconds(),
-        metavar="SECONDS",
-        help="how long the processes wait for each other to start (default: %(default)g)",
-    )
-    parser.add_argument(
-        "--debug", action="store_true", help="show the Python traceback of an error"
-    )
-    return parser.parse_args(argv)
+    return training_argument_parser("DATASETS.TRAIN/TEST").parse_args(argv)
 
 
 def invoke_main() -> None:
@@ -114,13 +93,7 @@ def invoke_main() -> None:
                 "--config-file is required, e.g. --config-file configs/frcnn_r50.yaml "
                 "(configs/mrcnn_r18_shapes.yaml trains on a CPU without downloads)"
             )
-        plan = plan_launch(
-            detect_launch(os.environ),
-            num_gpus=args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-        )
+        plan = plan_launch_from_args(args)
         # Composed once, here; the workers get it whole (datasets and input settings included).
         cfg = load_cfg(args.config_file, args.opts, datasets=args.dataset)
         # The mistakes found now, before any process starts or model is built.
@@ -128,19 +101,9 @@ def invoke_main() -> None:
         if not args.eval_only:
             training_batch(cfg, plan.world_size)
         check_datasets(cfg, train=not args.eval_only)
-        args.launcher = plan.launcher
-        launch(
-            main,
-            plan.local_world_size,
-            num_machines=plan.num_machines,
-            machine_rank=plan.machine_rank,
-            dist_url=args.dist_url,
-            args=(args, cfg),
-            # The device decides between NCCL on GPUs and gloo CPU processes.
-            device=cfg.MODEL.DEVICE,
-            launcher=plan,
-            rendezvous_timeout=timedelta(seconds=args.dist_timeout),
-        )
+        # MODEL.WEIGHTS: downloaded now if needed, read once, checked against the config.
+        check_weights(cfg, config_file=args.config_file, resume=args.resume)
+        launch_tool(main, plan, args, (args, cfg), cfg.MODEL.DEVICE)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from detectron2.utils.logger import setup_logger
 
 import backbones  # noqa: F401  (registers our backbones and the shapes datasets)
 from backbones import load_cfg
+from backbones.engine.cli import check_weights, user_errors
 from backbones.inference import visualize_predictions
 
 
@@ -41,7 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     quiet_third_party_warnings()
     args = parse_args(argv)
     setup_logger(name="backbones")
-    cfg = load_cfg(args.config_file, args.opts)
+    with user_errors():  # the config, then the weights, before the model is built
+        cfg = load_cfg(args.config_file, args.opts)
+        check_weights(cfg, args.weights, config_file=args.config_file)
     if args.dataset is None and not cfg.DATASETS.TEST:
         raise SystemExit("No --dataset given and DATASETS.TEST is empty")
     dataset = args.dataset or cfg.DATASETS.TEST[0]

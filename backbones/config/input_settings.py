@@ -1,10 +1,13 @@
-"""Input settings (INPUT.FORMAT, MODEL.PIXEL_MEAN/STD, MODEL.RESNETS.STRIDE_IN_1X1) of a config from
-the source of its MODEL.WEIGHTS."""
+"""What a config learns from its MODEL.WEIGHTS: the input settings (INPUT.FORMAT,
+MODEL.PIXEL_MEAN/STD, MODEL.RESNETS.STRIDE_IN_1X1) of their source and the architecture they hold,
+from a published address without downloading it, or from the file (a local path, or a copy in
+Detectron2's download cache)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any, Mapping, Sequence
 
 import yaml
@@ -13,7 +16,15 @@ from detectron2.utils.file_io import PathManager
 
 from ..modeling.blocks import BLOCK_TYPES
 from ..specs import DEPTHS
-from ..weights import SOURCES, InputSettings, Weights, read_weights, source_of_url
+from ..weights import (
+    SOURCES,
+    InputSettings,
+    Weights,
+    published_weights,
+    read_weights,
+    source_of_url,
+)
+from .weights_file import fetch_weights
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +49,11 @@ ARCHITECTURE_KEYS = {
 
 class InputSettingsError(ValueError):
     """A config input setting that contradicts the weights' source."""
+
+
+class WeightsArchitectureError(InputSettingsError):
+    """A config whose network differs from the one its weights hold (depth, blocks, widths,
+    groups, stem, shortcuts, stride placement)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,7 +138,9 @@ def drop_read_ahead() -> None:
     _READ_AHEAD.clear()
 
 
-def _read_ahead(path: str, trusted: bool) -> Weights:
+def read_ahead(path: str, trusted: bool) -> Weights:
+    """The weights of the local file ``path``, read once: kept until the checkpointer that
+    loads the same file takes them (:func:`take_read_ahead`)."""
     key = _file_key(path, trusted)
     if key not in _READ_AHEAD:
         _READ_AHEAD.clear()
@@ -133,30 +151,167 @@ def _read_ahead(path: str, trusted: bool) -> Weights:
 def weights_source(cfg: CfgNode) -> tuple[str, InputSettings | None] | None:
     """The source of ``cfg.MODEL.WEIGHTS`` and its input settings, None without weights.
 
-    Known Detectron2 zoo addresses are answered without downloading; other addresses are
-    fetched through Detectron2's PathManager (as loading them would).
+    Published addresses (:data:`backbones.weights.PUBLISHED_WEIGHTS`) and registered prefixes
+    are answered without downloading; other addresses are fetched through Detectron2's
+    PathManager (as loading them would).
     """
     found = _weights_facts(cfg)
     return None if found is None else found[:2]
 
 
 def _weights_facts(cfg: CfgNode) -> tuple[str, InputSettings | None, dict[str, Any]] | None:
-    """:func:`weights_source` and the architecture the file shows (empty for zoo addresses,
-    whose architecture is the config's own)."""
+    """:func:`weights_source` and the architecture the weights hold (a published file's from
+    its record; empty for a registered prefix, whose architecture is the config's own)."""
     url = cfg.MODEL.WEIGHTS
     if not url:
         return None
+    published = published_weights(url)
+    if published is not None:
+        return published.source, SOURCES[published.source].input, published.architecture
     source = source_of_url(url)
     if source is not None:
         return source, SOURCES[source].input, {}
-    path = url if os.path.isfile(url) else PathManager.get_local_path(url)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.WEIGHTS: weights file not found: {url}")
-    weights = _read_ahead(path, cfg.BACKBONES.TRUST_WEIGHTS_FILE)
+    weights = read_ahead(fetch_weights(url), cfg.BACKBONES.TRUST_WEIGHTS_FILE)
     return weights.origin, weights.input, weights.architecture
 
 
-def apply_input_settings(cfg: CfgNode, origins: Mapping[str, str]) -> list[str]:
+# ---------------------------------------------------------------------------------------------
+# The network the weights hold against the config's
+
+
+def architecture_conflicts(
+    cfg: CfgNode, architecture: Mapping[str, Any], settings: InputSettings | None = None
+) -> list[tuple[str, Any, Any]]:
+    """The config keys whose network differs from the one ``architecture`` (of
+    :func:`backbones.weights.infer_architecture`, or a published file's) describes: blocks per
+    stage and block type (``MODEL.RESNETS.DEPTH``), widths, groups, the stem, the shortcuts and,
+    with ``settings``, the stride placement.
+
+    Returns:
+        ``(key, the config's value, the weights' value)`` for each, the structure first.
+    """
+    r, ours = cfg.MODEL.RESNETS, cfg.BACKBONES
+    found: list[tuple[str, Any, Any]] = []
+    depth, blocks = architecture.get("depth"), architecture.get("blocks_per_stage")
+    block = architecture.get("block_type") or (DEPTHS[depth].block if depth in DEPTHS else None)
+    mine = _blocks_of(cfg)
+    if blocks and block and mine is not None and mine != (block, tuple(blocks)):
+        if depth in DEPTHS:
+            found.append(("MODEL.RESNETS.DEPTH", r.DEPTH, depth))
+            if ours.STAGE_BLOCKS:
+                found.append(("BACKBONES.STAGE_BLOCKS", list(ours.STAGE_BLOCKS), []))
+        else:
+            found.append(("BACKBONES.STAGE_BLOCKS", list(ours.STAGE_BLOCKS), list(blocks)))
+            found.append(("BACKBONES.BLOCK_TYPE", ours.BLOCK_TYPE, block))
+    wanted = {
+        "MODEL.RESNETS.STEM_OUT_CHANNELS": architecture.get("stem_out_channels"),
+        "MODEL.RESNETS.RES2_OUT_CHANNELS": architecture.get("res2_out_channels"),
+        # Basic blocks have no grouped conv (and no use for WIDTH_PER_GROUP).
+        "MODEL.RESNETS.NUM_GROUPS": architecture.get("num_groups", 1 if block == "basic" else None),
+        "MODEL.RESNETS.WIDTH_PER_GROUP": architecture.get("width_per_group"),
+        "BACKBONES.STEM_TYPE": architecture.get("stem_type", "basic" if architecture else None),
+        "BACKBONES.AVG_DOWN": architecture.get("avg_down"),
+        "BACKBONES.RESIDUAL": architecture.get("residual"),
+    }
+    if architecture.get("stem_type") == "deep":
+        wanted["BACKBONES.STEM_WIDTH"] = architecture.get("stem_width")
+    if settings is not None and _has_strided_1x1(cfg):
+        wanted["MODEL.RESNETS.STRIDE_IN_1X1"] = settings.stride_in_1x1
+    for key, value in wanted.items():
+        node, leaf = _node(cfg, key)
+        if value is not None and not _same(node[leaf], value):
+            found.append((key, node[leaf], value))
+    return found
+
+
+def _blocks_of(cfg: CfgNode) -> tuple[str, tuple[int, ...]] | None:
+    """(block type, blocks per stage) of the ResNet a config builds, None for an unknown depth."""
+    if cfg.BACKBONES.STAGE_BLOCKS:
+        return cfg.BACKBONES.BLOCK_TYPE, tuple(cfg.BACKBONES.STAGE_BLOCKS)
+    spec = DEPTHS.get(cfg.MODEL.RESNETS.DEPTH)
+    return None if spec is None else (spec.block, spec.blocks_per_stage)
+
+
+def check_architecture(
+    cfg: CfgNode,
+    architecture: Mapping[str, Any],
+    weights: str,
+    *,
+    settings: InputSettings | None = None,
+    config_file: str = "",
+) -> None:
+    """Refuse a config whose network is not the one its weights hold
+    (:func:`architecture_conflicts`), in one line naming both values, the keys to set and,
+    where ``config_file``'s folder has one, the config made for those weights.
+
+    Args:
+        weights: how to name the weights (``MODEL.WEIGHTS URL``, with the file read).
+        settings: the input settings stored in or implied by the file, to check the stride
+            placement too.
+        config_file: the YAML the config came from, to offer its sibling for the weights.
+
+    Raises:
+        WeightsArchitectureError: a difference.
+    """
+    conflicts = architecture_conflicts(cfg, architecture, settings)
+    if not conflicts:
+        return
+    differences = "; ".join(
+        f"{k} is {_show(mine)}, the weights' {_show(w)}" for k, mine, w in conflicts
+    )
+    fix = " ".join(f"{k} {_cli(w)}" for k, _, w in conflicts)
+    other = _config_for(config_file, architecture)
+    fix = f"Use {other} (the config for these weights), set {fix}" if other else f"Set {fix}"
+    raise WeightsArchitectureError(
+        f"{weights} holds {_network(architecture)}, not the config's network: {differences}. "
+        f"{fix}, or give weights of the config's network"
+    )
+
+
+def _network(architecture: Mapping[str, Any]) -> str:
+    """``a ResNet-18 (basic blocks)``, ``a ResNeXt-101 32x8d``: the network in words."""
+    depth, blocks = architecture.get("depth"), architecture.get("blocks_per_stage")
+    groups, width = architecture.get("num_groups", 1), architecture.get("width_per_group", 64)
+    name = f"ResNet-{depth}" if depth else f"ResNet with blocks {tuple(blocks or ())}"
+    if groups > 1:
+        name = f"ResNeXt-{depth} {groups}x{width}d"
+    elif width != 64:
+        name = f"wide {name} (width {width})"
+    if depth in DEPTHS:
+        name += f" ({DEPTHS[depth].block} blocks)"
+    return f"a {name}"
+
+
+# A preset in a config's name: frcnn_r50_3x.yaml, mrcnn_x101_32x8d_3x.yaml.
+_PRESET = re.compile(r"(?<=_)(r\d+|x\d+_\d+x\d+d)(?=_|$)")
+
+
+def _config_for(config_file: str, architecture: Mapping[str, Any]) -> str | None:
+    """``config_file``'s sibling for these weights' preset (frcnn_r50.yaml -> frcnn_r18.yaml),
+    if there is one."""
+    depth = architecture.get("depth")
+    if not config_file or depth is None:
+        return None
+    groups, width = architecture.get("num_groups", 1), architecture.get("width_per_group", 64)
+    if (groups, width) == (1, 64):
+        preset = f"r{depth}"
+    elif groups > 1:
+        preset = f"x{depth}_{groups}x{width}d"
+    else:
+        return None  # wide ResNets have no configs of their own
+    folder, name = os.path.split(config_file)
+    stem, ext = os.path.splitext(name)
+    other = os.path.join(folder, _PRESET.sub(preset, stem, count=1) + ext)
+    return other if other != config_file and os.path.isfile(other) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Input settings from the weights
+
+
+def apply_input_settings(
+    cfg: CfgNode, origins: Mapping[str, str], *, config_file: str = ""
+) -> list[str]:
     """Set the input settings of ``cfg`` (not frozen) from its ``MODEL.WEIGHTS``.
 
     With ``BACKBONES.INPUT_FROM_WEIGHTS "auto"``, each of ``INPUT.FORMAT``,
@@ -164,13 +319,20 @@ def apply_input_settings(cfg: CfgNode, origins: Mapping[str, str]) -> list[str]:
     did not set (absent from ``origins``) takes the value of the weights' source; one the user
     set to another value is an error. So do the architecture facts the file shows
     (:data:`ARCHITECTURE_KEYS`: deep stem, avg-down, shortcuts), as ``make_resnet(weights=...)``
-    takes them. ``"off"`` keeps the config as it is.
+    takes them. A network of another depth, blocks, widths or groups than the weights' is an
+    error first (:func:`check_architecture`). ``"off"`` keeps the config as it is.
+
+    Args:
+        origins: where each key was set (:func:`config_origins`).
+        config_file: the YAML, to offer its sibling made for the weights.
 
     Returns:
         "KEY: value" lines for the keys it set.
 
     Raises:
+        WeightsArchitectureError: the weights hold another network (names both values).
         InputSettingsError: a user setting contradicts the weights (names both values).
+        WeightsUnavailableError: an address that is not published, cannot be downloaded.
     """
     mode = cfg.BACKBONES.INPUT_FROM_WEIGHTS
     if mode not in INPUT_FROM_WEIGHTS:
@@ -205,6 +367,11 @@ def apply_input_settings(cfg: CfgNode, origins: Mapping[str, str]) -> list[str]:
             continue
         node[leaf] = list(wanted) if isinstance(wanted, tuple) else wanted
         changed.append(f"{key}: {_show(wanted)}")
+    # Another network first: its fix (another config) also brings its input settings.
+    if any(key not in ARCHITECTURE_KEYS for key, *_ in architecture_conflicts(cfg, architecture)):
+        check_architecture(
+            cfg, architecture, f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}", config_file=config_file
+        )
     if conflicts:
         fix = " ".join(
             f"{key} {_cli(wanted)}"

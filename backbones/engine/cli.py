@@ -1,15 +1,18 @@
 """What the command-line tools add around a training: the processes from the flags and the
-launcher's environment, the checks that find a user's mistakes before anything starts, one
-``error: ...`` line instead of a traceback for them, and the start line."""
+launcher's environment, the checks that find a user's mistakes before anything starts (datasets,
+weights), one ``error: ...`` line instead of a traceback for them, and the start line."""
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -18,15 +21,62 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
-from ..config import InputSettingsError
+from ..config import InputSettingsError, check_architecture, fetch_weights, read_ahead
 from ..data.coco import check_dataset_entry, datasets_root
 from ..data.coco_faults import COUNTED, FATAL, DataFaultError, scan_coco_file
 from ..errors import BackboneOptionError, DivergenceError
 from ..weights import WeightsFormatError
 from .config import ConfigError
-from .distributed import LaunchEnv, LaunchError, RendezvousError
+from .distributed import (
+    DEFAULT_RENDEZVOUS_TIMEOUT,
+    LaunchEnv,
+    LaunchError,
+    RendezvousError,
+    detect_launch,
+    launch,
+)
 
 logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------
+# The flags
+
+
+def add_dataset_argument(parser: argparse.ArgumentParser, keys: str) -> None:
+    """``--dataset NAME JSON IMAGE_ROOT`` (repeatable; ``args.dataset``: the triples), a
+    COCO-format dataset registered under NAME for the config keys ``keys``."""
+    parser.add_argument(
+        "--dataset",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help=f"register a COCO-format dataset under NAME for {keys} (repeatable)",
+    )
+
+
+def training_argument_parser(dataset_keys: str) -> argparse.ArgumentParser:
+    """Detectron2's ``default_argument_parser`` plus ``--dataset`` (for ``dataset_keys``),
+    ``--dist-timeout`` and ``--debug``: the flags of the training tools. ``--num-gpus``,
+    ``--num-machines``, ``--machine-rank`` and ``--dist-url`` are None when not given: under
+    torchrun or SLURM the launcher decides them."""
+    from detectron2.engine import default_argument_parser
+
+    parser = default_argument_parser()
+    parser.set_defaults(num_gpus=None, num_machines=None, machine_rank=None, dist_url=None)
+    add_dataset_argument(parser, dataset_keys)
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_RENDEZVOUS_TIMEOUT.total_seconds(),
+        metavar="SECONDS",
+        help="how long the processes wait for each other to start (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of an error"
+    )
+    return parser
+
 
 # ---------------------------------------------------------------------------------------------
 # The processes of a training
@@ -104,6 +154,42 @@ def plan_launch(
         local_world_size=num_gpus,
         master_addr=url.hostname if tcp else None,
         master_port=url.port if tcp else None,
+    )
+
+
+def plan_launch_from_args(args: argparse.Namespace) -> LaunchEnv:
+    """:func:`plan_launch` from this process's environment and the training tools' flags
+    (:func:`training_argument_parser`)."""
+    return plan_launch(
+        detect_launch(os.environ),
+        num_gpus=args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+    )
+
+
+def launch_tool(
+    main: Callable[..., Any],
+    plan: LaunchEnv,
+    args: argparse.Namespace,
+    main_args: tuple[Any, ...],
+    device: str,
+) -> None:
+    """``main(*main_args)`` in each process of ``plan`` (:func:`backbones.engine.launch`),
+    with the rendezvous timeout of ``--dist-timeout``; the device decides between NCCL on GPUs
+    and gloo CPU processes. ``args.launcher`` tells the processes which launcher started them."""
+    args.launcher = plan.launcher
+    launch(
+        main,
+        plan.local_world_size,
+        num_machines=plan.num_machines,
+        machine_rank=plan.machine_rank,
+        dist_url=args.dist_url,
+        args=main_args,
+        device=device,
+        launcher=plan,
+        rendezvous_timeout=timedelta(seconds=args.dist_timeout),
     )
 
 
@@ -235,12 +321,22 @@ def check_datasets(cfg: CfgNode, *, train: bool = True) -> None:
             missing = [
                 meta[k] for k in _DATASET_PATHS if meta.get(k) and not os.path.exists(meta[k])
             ]
+            if not missing and meta.get("dirname") and meta.get("split"):
+                missing = _missing_voc_split(meta)
             if missing:
                 raise DatasetFilesError(_missing_files(key, name, missing))
             json_file = meta.get("json_file")
             if name in own and json_file and json_file not in scanned:
                 scanned.add(json_file)
                 _check_data_faults(key, name, json_file, meta.get("image_root", "IMAGE_ROOT"))
+
+
+def _missing_voc_split(meta: dict) -> list[str]:
+    """The image list of a Pascal VOC split (``dirname/ImageSets/Main/<split>.txt``, which
+    Detectron2's ``load_voc_instances`` reads), if absent: VOC 2007's test split comes in an
+    archive of its own that unpacks into the same VOC2007 folder as trainval."""
+    image_set = os.path.join(meta["dirname"], "ImageSets", "Main", f"{meta['split']}.txt")
+    return [] if os.path.exists(image_set) else [image_set]
 
 
 def _check_data_faults(key: str, name: str, json_file: str, image_root: str) -> None:
@@ -285,6 +381,45 @@ def _missing_files(key: str, name: str, missing: list[str]) -> str:
         "or set DETECTRON2_DATASETS to the folder that holds it; without data, try "
         "configs/mrcnn_r18_shapes.yaml"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+
+
+def check_weights(
+    cfg: CfgNode, weights: str | None = None, *, config_file: str = "", resume: bool = False
+) -> str | None:
+    """Resolve, before anything is built, the weights a run loads (``weights``, by default
+    ``MODEL.WEIGHTS``): the local file, the copy in Detectron2's download cache, or a download
+    into it through Detectron2's PathManager. The file is read once (the checkpointer takes it
+    from there) and must hold the config's network. Nothing to do without weights, or with
+    ``resume`` and a checkpoint in ``OUTPUT_DIR``, which the run continues from instead.
+
+    Args:
+        config_file: the YAML, to offer its sibling made for the weights on a mismatch.
+
+    Returns:
+        the local file, None when nothing is loaded from it.
+
+    Raises:
+        backbones.config.WeightsUnavailableError: no file there and no download (offline, or
+            no file at the address), naming the address, the cache path and the offline fix.
+        backbones.weights.WeightsFormatError: not a weights file, naming it.
+        backbones.config.WeightsArchitectureError: another network than the config's (depth,
+            block type, widths, groups, stem, shortcuts, stride placement), naming both values,
+            the keys to set and the config to use instead.
+    """
+    url = cfg.MODEL.WEIGHTS if weights is None else weights
+    if not url or (resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
+        return None
+    path = fetch_weights(url)
+    read = read_ahead(path, cfg.BACKBONES.TRUST_WEIGHTS_FILE)
+    # The stride placement is an input setting: "off" keeps the config's on purpose.
+    settings = read.input if cfg.BACKBONES.INPUT_FROM_WEIGHTS == "auto" else None
+    name = f"MODEL.WEIGHTS {url}" + ("" if path == url else f" (the copy at {path})")
+    check_architecture(cfg, read.architecture, name, settings=settings, config_file=config_file)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------

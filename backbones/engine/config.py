@@ -70,7 +70,7 @@ def load_cfg(
         cfg.BACKBONES.COCO_DATASETS = [list(e) for e in cfg.BACKBONES.COCO_DATASETS] + extra
     register_datasets_from_cfg(cfg)
     # Input settings follow the weights' source unless the YAML chain or opts set them.
-    apply_input_settings(cfg, config_origins(config_file, opts))
+    apply_input_settings(cfg, config_origins(config_file, opts), config_file=config_file)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(
             "MODEL.DEVICE=%s but CUDA is not available here: using MODEL.DEVICE cpu instead "

@@ -229,7 +229,7 @@ def run_demo(
                 image_id = len(images) + 1
                 stem = item.path.stem if frame is None else f"{item.path.stem}_{frame:06d}"
                 name = f"{_unique_name(stem, used)}.{image_format}"
-                instances = predictor(image_rgb)
+                instances = predictor.instances(image_rgb)
                 scale = drawing_scale(image_rgb)
                 vis = Visualizer(image_rgb, metadata, scale=scale, instance_mode=ColorMode.IMAGE)
                 drawn = vis.draw_instance_predictions(instances).get_image()

@@ -54,7 +54,7 @@ def visualize_predictions(
     written = []
     for record in DatasetCatalog.get(dataset_name)[:num_images]:
         image_rgb = read_image(record["file_name"], format="RGB")
-        instances = predictor(image_rgb)
+        instances = predictor.instances(image_rgb)
         scale = drawing_scale(image_rgb)
         gt = Visualizer(image_rgb, metadata, scale=scale).draw_dataset_dict(record).get_image()
         pred = Visualizer(image_rgb, metadata, scale=scale)

@@ -36,7 +36,7 @@ def config_lines(weights: Weights, weights_path: str) -> list[str]:
     if arch.get("stem_type") == "deep" or arch.get("avg_down"):
         lines.append(
             f'BACKBONES: {{STEM_TYPE: "{arch.get("stem_type", "basic")}", '
-            f'STEM_WIDTH: {arch.get("stem_width", 32)}, AVG_DOWN: {bool(arch.get("avg_down"))}}}'
+            f"STEM_WIDTH: {arch.get('stem_width', 32)}, AVG_DOWN: {bool(arch.get('avg_down'))}}}"
         )
     return lines
 

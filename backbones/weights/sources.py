@@ -12,6 +12,10 @@ source (:func:`detect_source` refuses a file two records claim); ``rename(state)
 counterpart, and the architecture facts only the original names show); and optionally ``urls``,
 the address prefixes known to hold its weights. The built-in schemes' functions are in
 :mod:`.naming`.
+
+Published files are known by their exact address in :data:`PUBLISHED_WEIGHTS` (one
+:class:`PublishedWeights` record each: source, architecture, training recipe), so a config that
+names one learns its input settings and architecture without downloading it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
+from ..specs import DEPTHS
 from .formats import WeightsFormatError
 from .naming import (
     Renamed,
@@ -102,8 +107,9 @@ class Source:
         rename: ``state -> Renamed``: the tensors under Detectron2's names with everything they
             need to load into Detectron2's modules (Caffe2's FrozenBN statistics), the original
             names with no ResNet counterpart, and architecture facts (``avg_down``...).
-        urls: address prefixes (Detectron2's model zoo) known to hold this source's weights,
-            answered by :func:`source_of_url` without downloading.
+        urls: address prefixes known to hold this source's weights and nothing else, answered
+            by :func:`source_of_url` without downloading (a published file of a built-in source
+            is a :class:`PublishedWeights` record instead: an exact address).
     """
 
     name: str
@@ -134,7 +140,6 @@ SOURCES: dict[str, Source] = {
             TORCHVISION_INPUT,
             detect_torchvision,
             rename_torchvision,
-            urls=("detectron2://ImageNetPretrained/torchvision/",),
         ),
         Source(
             "timm",
@@ -149,7 +154,6 @@ SOURCES: dict[str, Source] = {
             MSRA_INPUT,
             detect_msra,
             rename_caffe2,
-            urls=("detectron2://ImageNetPretrained/MSRA/",),
         ),
         Source(
             "fair",
@@ -157,7 +161,6 @@ SOURCES: dict[str, Source] = {
             FAIR_INPUT,
             detect_fair,
             rename_caffe2,
-            urls=("detectron2://ImageNetPretrained/FAIR/",),
         ),
         Source(
             "detectron2",
@@ -218,13 +221,109 @@ class _KnownUrls(Mapping[str, str]):
         return repr(_url_table())
 
 
-# Detectron2 model-zoo addresses whose source is known without downloading them.
+# Address prefixes whose source is known without downloading them (registered records' urls).
 KNOWN_URLS: Mapping[str, str] = _KnownUrls()
 
 
+# ---------------------------------------------------------------------------------------------
+# Published files, known by their exact address
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """One published ImageNet weights file: what it holds, known without downloading it.
+
+    Attributes:
+        url: its address, as a config's ``MODEL.WEIGHTS`` names it.
+        source: the key in :data:`SOURCES` of the weights' origin, whose ``input`` settings they
+            were trained with (Detectron2's converted torchvision R-50 is "torchvision").
+        depth: a key of :data:`backbones.specs.DEPTHS`.
+        num_groups, width_per_group: the bottleneck's 3x3 conv (ResNeXt, wide ResNet).
+        recipe: how it was trained: torchvision's ``IMAGENET1K_V1`` / ``V2`` recipes ("V1",
+            "V2"), MSRA's (He et al., 2015) or FAIR's Caffe2 training ("MSRA", "FAIR").
+        name: the model's name at its publisher (torchvision's builder, Detectron2's file).
+    """
+
+    url: str
+    source: str
+    depth: int
+    num_groups: int = 1
+    width_per_group: int = 64
+    recipe: str = "V1"
+    name: str = ""
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        """What :func:`~backbones.weights.infer_architecture` reads from the file's tensors."""
+        spec = DEPTHS[self.depth]
+        arch: dict[str, Any] = dict(in_channels=3, stem_out_channels=64, depth=self.depth)
+        if spec.block == "bottleneck":
+            arch.update(num_groups=self.num_groups, width_per_group=self.width_per_group)
+        arch["res2_out_channels"] = 256 if spec.block == "bottleneck" else 64
+        arch.update(blocks_per_stage=spec.blocks_per_stage, residual=True)
+        return arch
+
+
+def _torchvision(
+    name: str, depth: int, v1: str, v2: str = "", groups: int = 1, width: int = 64
+) -> list[PublishedWeights]:
+    """torchvision's IMAGENET1K_V1 and V2 files of one builder, by the hashes in their names
+    (``torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url``)."""
+    return [
+        PublishedWeights(
+            f"https://download.pytorch.org/models/{name}-{digest}.pth",
+            "torchvision",
+            depth,
+            groups,
+            width,
+            recipe,
+            name,
+        )
+        for digest, recipe in ((v1, "V1"), (v2, "V2"))
+        if digest
+    ]
+
+
+_IMAGENET = "detectron2://ImageNetPretrained/"
+
+# Published ImageNet files by address: Detectron2's four (its MODEL_ZOO.md, "ImageNet Pretrained
+# Models") and torchvision's ResNet family (its weight enums, torchvision.models.*_Weights).
+PUBLISHED_WEIGHTS: dict[str, PublishedWeights] = {
+    w.url: w
+    for w in (
+        PublishedWeights(f"{_IMAGENET}MSRA/R-50.pkl", "msra", 50, recipe="MSRA", name="R-50"),
+        PublishedWeights(f"{_IMAGENET}MSRA/R-101.pkl", "msra", 101, recipe="MSRA", name="R-101"),
+        PublishedWeights(
+            f"{_IMAGENET}FAIR/X-101-32x8d.pkl", "fair", 101, 32, 8, "FAIR", "X-101-32x8d"
+        ),
+        # torchvision's resnet50 (V1), renamed to Detectron2's names by Detectron2.
+        PublishedWeights(f"{_IMAGENET}torchvision/R-50.pkl", "torchvision", 50, name="R-50"),
+        *_torchvision("resnet18", 18, "f37072fd"),
+        *_torchvision("resnet34", 34, "b627a593"),
+        *_torchvision("resnet50", 50, "0676ba61", "11ad3fa6"),
+        *_torchvision("resnet101", 101, "63fe2227", "cd907fc2"),
+        *_torchvision("resnet152", 152, "394f9c45", "f82ba261"),
+        *_torchvision("resnext50_32x4d", 50, "7cdf4587", "1a0047aa", 32, 4),
+        *_torchvision("resnext101_32x8d", 101, "8ba56ff5", "110c445d", 32, 8),
+        *_torchvision("resnext101_64x4d", 101, "173b62eb", "", 64, 4),
+        *_torchvision("wide_resnet50_2", 50, "95faca4d", "9ba9bcbe", width=128),
+        *_torchvision("wide_resnet101_2", 101, "32ee1156", "d733dc28", width=128),
+    )
+}
+
+
+def published_weights(url: str) -> PublishedWeights | None:
+    """The record of a published file by its exact address, None for other addresses."""
+    return PUBLISHED_WEIGHTS.get(url)
+
+
 def source_of_url(url: str) -> str | None:
-    """The source of a known Detectron2 model-zoo address, without downloading it (the record
-    with the longest matching prefix in its ``urls``), None for other addresses."""
+    """The source of a weights address without downloading it: a published file's
+    (:data:`PUBLISHED_WEIGHTS`), else the record with the longest matching prefix in its
+    ``urls``; None for other addresses."""
+    published = PUBLISHED_WEIGHTS.get(url)
+    if published is not None:
+        return published.source
     table = _url_table()
     matches = [prefix for prefix in table if url.startswith(prefix)]
     return table[max(matches, key=len)] if matches else None
