@@ -2,7 +2,9 @@
 
 :class:`BackbonesCheckpointer` reads files safely, places ImageNet weights of any source into the
 model's ResNet with a short report (:func:`backbones.weights.load_weights`), refuses shape
-mismatches, writes checkpoints atomically, and stores the config's input settings in them.
+mismatches, writes checkpoints atomically, and stores the config's input settings in them. An
+address (a published file's, torchvision's or Detectron2's) is read from Detectron2's download
+cache, downloaded into it first where needed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from detectron2.config import CfgNode
 from torch import nn
 
 from .config.input_settings import input_settings_of, take_read_ahead
+from .config.weights_file import fetch_weights
 from .errors import DivergenceError
 from .weights import (
     LoadReport,
@@ -59,6 +62,7 @@ class BackbonesCheckpointer(DetectionCheckpointer):
         trusted: bool | None = None,
         skip_mismatched: Sequence[str] | None = None,
         save_to_disk: bool | None = None,
+        metadata: Mapping[str, Any] | None = None,
         **checkpointables: Any,
     ) -> None:
         """
@@ -66,10 +70,13 @@ class BackbonesCheckpointer(DetectionCheckpointer):
             cfg: the config; gives ``BACKBONES.TRUST_WEIGHTS_FILE``,
                 ``BACKBONES.SKIP_MISMATCHED`` and the input settings stored in checkpoints.
             trusted, skip_mismatched: override the config's.
+            metadata: more entries stored beside the input settings under ``"backbones"``
+                (e.g. ``{"architecture": ...}``, which ``read_weights`` reads back).
             Others: as ``DetectionCheckpointer``.
         """
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.cfg = cfg
+        self.metadata = dict(metadata or {})
         options = cfg.BACKBONES if cfg is not None and "BACKBONES" in cfg else None
         self.trusted = (
             bool(options.TRUST_WEIGHTS_FILE) if trusted is None and options else bool(trusted)
@@ -80,9 +87,16 @@ class BackbonesCheckpointer(DetectionCheckpointer):
         self.report: LoadReport | None = None
 
     def load(self, path: str, checkpointables: Sequence[str] | None = None) -> dict[str, Any]:
-        local = path.split("?")[0]  # Detectron2 takes ?matching_heuristics=True after a path
-        if path and not os.path.isfile(local) and "://" not in local:
-            raise FileNotFoundError(f"Weights file not found: {path} (MODEL.WEIGHTS)")
+        # Detectron2 takes ?matching_heuristics=True after a path.
+        local, sep, query = path.partition("?")
+        if local and not os.path.isfile(local):
+            if "://" not in local:
+                raise FileNotFoundError(f"Weights file not found: {path} (MODEL.WEIGHTS)")
+            # An address: the copy in Detectron2's download cache, or a download into it
+            # through its PathManager; unreachable, one WeightsUnavailableError.
+            local = fetch_weights(local)
+            self.logger.info("Weights %s: the copy at %s", path, local)
+            path = local + sep + query
         return super().load(path, checkpointables=checkpointables)
 
     def _load_file(self, filename: str) -> dict[str, Any]:
@@ -169,8 +183,11 @@ class BackbonesCheckpointer(DetectionCheckpointer):
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)
+        backbones = dict(self.metadata)
         if self.cfg is not None:
-            data["backbones"] = {"input": input_settings_of(self.cfg).as_dict()}
+            backbones["input"] = input_settings_of(self.cfg).as_dict()
+        if backbones:
+            data["backbones"] = backbones
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", path)

@@ -4,14 +4,16 @@ writes load strictly into ``make_resnet`` and a detector config with the input s
 pretraining used; resuming equals an uninterrupted run; bad data folders and options are errors
 that name them.
 
-Nets are shrunk (8-channel stems and res2) and data tiny (10 classes of 32 px), a few
+Pretraining runs on the detection trainer (``backbones.engine.Trainer``): its checkpoints are
+weights files, its metrics.json Detectron2's, its schedule Detectron2's, its divergence stop the
+engine's. Nets are shrunk (8-channel stems and res2) and data tiny (10 classes of 32 px), a few
 iterations each: every test takes a few seconds on one core.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
+import math
 import os
 import pickle
 import subprocess
@@ -25,6 +27,7 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from backbones import BackbonesCheckpointer, load_cfg, make_resnet, read_weights
+from backbones.engine.hooks import load_metrics
 from backbones.errors import BackboneOptionError
 from backbones.study.data.classification import (
     ClassificationDataError,
@@ -37,8 +40,14 @@ from backbones.study.data.synthetic_classes import (
     ensure_synthetic_split,
     render_classes,
 )
-from backbones.study.pretrain.classifier import PIXEL_MEAN, PIXEL_STD, parse_resnet_options
-from backbones.study.pretrain.run import PretrainRun, Recipe
+from backbones.study.pretrain.classifier import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    build_classifier,
+    parse_resnet_options,
+)
+from backbones.study.pretrain.config import classifier_cfg
+from backbones.study.pretrain.run import PretrainRun, Recipe, evaluation_records
 from backbones.study.pretrain.train import pretrain
 from backbones.weights import load_weights, read_file
 
@@ -46,6 +55,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHRUNK_BASIC = dict(stem_out_channels=8, res2_out_channels=8)
 SHRUNK_BOTTLENECK = dict(stem_out_channels=8, res2_out_channels=16, width_per_group=4)
 TINY = dict(num_classes=10, num_train=80, num_val=20, image_size=32)
+# What an evaluation records (metrics.json keeps more: Detectron2's smoothed scalars, times).
+EVALUATION_KEYS = (
+    "iter", "epoch", "train_loss", "train_error", "val_loss", "val_error", "val_top5_error", "lr"
+)  # fmt: skip
 
 
 def load_tool(name: str):
@@ -238,12 +251,14 @@ def test_pretraining_on_the_synthetic_set_writes_weights_make_resnet_loads(
     argv += ["--batch-size", "16", "--max-iter", "4", "--eval-period", "2"]
     assert tool.main(argv + ["stem_out_channels", "8", "res2_out_channels", "8"]) == 0
     files = {p.name for p in output.iterdir()}
-    assert {"model_final.pth", "metrics.json", "training_curve.png", "checkpoint.pth"} <= files
-    records = [json.loads(line) for line in (output / "metrics.json").read_text().splitlines()]
+    assert {"model_final.pth", "metrics.json", "training_curve.png", "last_checkpoint"} <= files
+    assert "config.yaml" in files and (output / "last_checkpoint").read_text() == "model_final.pth"
+    # Detectron2's metrics.json: a line per write; the evaluations are the lines with val_error.
+    assert len(load_metrics(output / "metrics.json")) >= 2
+    records = evaluation_records(output / "metrics.json")
     assert [r["iter"] for r in records] == [2, 4]
-    assert {"train_loss", "train_error", "val_error", "val_top5_error", "lr", "time"} <= set(
-        records[0]
-    )
+    assert set(EVALUATION_KEYS) <= set(records[0])
+    assert all(0 <= r["train_error"] <= 100 and 0 <= r["val_error"] <= 100 for r in records)
 
     path = str(output / "model_final.pth")
     weights = read_weights(path)
@@ -310,9 +325,14 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, synthetic_root):
     a, b = read_file(whole.weights)["model"], read_file(resumed.weights)["model"]
     assert a.keys() == b.keys()
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
-    # The evaluations too, the training error windows included (the times differ).
-    assert [{**r, "time": 0} for r in resumed.records] == [{**r, "time": 0} for r in whole.records]
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+    # The evaluations too, the training error windows included (the checkpoints keep them).
+    def evaluations(result):
+        return [{k: r[k] for k in EVALUATION_KEYS} for r in result.records]
+
+    assert [r["iter"] for r in whole.records] == [4, 8]
+    assert evaluations(resumed) == evaluations(whole)
     assert pretrain(second).already_finished
 
 
@@ -326,6 +346,92 @@ def test_resuming_with_another_net_is_refused(tmp_path, synthetic_root):
     other.resume, other.resnet_options["residual"] = True, False
     with pytest.raises(ResumeError, match="resnet_options"):
         pretrain(other)
+
+
+def test_the_classifier_returns_a_loss_dict_and_saves_resnet_names():
+    from detectron2.utils.events import EventStorage
+
+    classifier, _ = build_classifier(18, 10, dict(SHRUNK_BASIC), label_smoothing=0.1)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 3])
+    with EventStorage() as storage:
+        losses = classifier((images, labels))
+    assert list(losses) == ["loss_cls"] and losses["loss_cls"].requires_grad
+    assert 0 <= storage.history("cls_error").latest() <= 100
+    assert classifier.eval()(images).shape == (4, 10)
+    # Its state dict is a weights file's: the ResNet's names, the head's fc.*; and loads back.
+    state = classifier.state_dict()
+    assert "stem.conv1.weight" in state and "fc.weight" in state
+    assert not any(k.startswith("backbone.") for k in state)
+    assert list(state) == list(classifier.backbone.state_dict()) + ["fc.weight", "fc.bias"]
+    other, _ = build_classifier(18, 10, dict(SHRUNK_BASIC))
+    other.load_state_dict(state)
+    for name, tensor in other.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+
+
+def old_lr_factor(it: int, *, max_iter: int, warmup: int, schedule: str, milestones=()) -> float:
+    """The learning-rate factor the pretraining had before it moved to Detectron2's schedulers:
+    the schedule multiplied by a linear warmup factor from 1/1000."""
+    if schedule == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * it / max_iter))
+    else:
+        factor = 0.1 ** sum(it >= m for m in milestones)
+    if it < warmup:
+        factor *= 0.001 * (1 - it / warmup) + it / warmup
+    return factor
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_the_lr_schedule_is_detectron2s_and_as_before(tmp_path, synthetic_root, schedule):
+    from detectron2.solver import build_lr_scheduler
+
+    run = tiny_run(tmp_path, synthetic_root, max_iter=200, schedule=schedule, lr=0.1)
+    data = load_classification_data(run.data)
+    cfg = classifier_cfg(run, data)
+    assert cfg.SOLVER.LR_SCHEDULER_NAME == {"cosine": "WarmupCosineLR"}.get(
+        schedule, "WarmupMultiStepLR"
+    )
+    assert cfg.SOLVER.WARMUP_ITERS == 10 and cfg.SOLVER.STEPS == (67, 133)  # 5%; 1/3, 2/3
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    new = []
+    for _ in range(200):
+        new.append(optimizer.param_groups[0]["lr"] / 0.1)
+        optimizer.step()
+        scheduler.step()
+    old = [old_lr_factor(i, max_iter=200, warmup=10, schedule=schedule, milestones=(67, 133))
+           for i in range(200)]  # fmt: skip
+    if schedule == "step":  # the same curve
+        np.testing.assert_allclose(new, old, rtol=1e-6, atol=1e-9)
+        return
+    # Cosine: the same after the warmup. During it Detectron2's WarmupParamScheduler ramps
+    # linearly to the schedule's value at the warmup's end instead of multiplying the
+    # schedule by the ramp: at most 0.25% of the base rate apart with a 5% warmup.
+    np.testing.assert_allclose(new[10:], old[10:], rtol=1e-6, atol=1e-9)
+    gaps = np.abs(np.subtract(new[:10], old[:10]))
+    assert new[0] == pytest.approx(0.001) and 0 < gaps.max() < 2.5e-3
+
+
+def test_a_diverging_run_stops_with_one_error_naming_the_last_checkpoint(
+    tmp_path, synthetic_root, capsys
+):
+    tool = load_tool("pretrain_classifier")
+    output = tmp_path / "diverged"
+    argv = ["--depth", "18", "--output", str(output), "--synthetic-root", str(synthetic_root)]
+    argv += ["--num-classes", "10", "--num-train", "80", "--num-val", "20", "--image-size", "32"]
+    argv += ["--batch-size", "16", "--max-iter", "8", "--checkpoint-period", "1"]
+    argv += ["--lr", "1e30", "--warmup-iters", "0"]
+    assert tool.main(argv + ["stem_out_channels", "8", "res2_out_channels", "8"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: training diverged at iteration ")
+    saved = sorted(output.glob("model_*.pth"))
+    assert saved and not (output / "model_final.pth").exists()
+    assert f"The last good checkpoint is {output / (output / 'last_checkpoint').read_text()}" in (
+        errors[0]
+    )
+    for path in saved:
+        assert all(torch.isfinite(t).all() for t in read_file(path)["model"].values()), path
 
 
 @pytest.mark.slow

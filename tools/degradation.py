@@ -28,20 +28,14 @@ from collections.abc import Sequence
 
 from detectron2.utils.logger import setup_logger
 
-from backbones.errors import BackboneOptionError
-from backbones.study.data.classification import ClassificationDataError
 from backbones.study.experiments.degradation import (
     DEFAULT_DEPTHS,
     DEGRADATION_RECIPE,
     run_degradation,
 )
 from backbones.study.pretrain.classifier import parse_resnet_options
-from backbones.study.pretrain.run import (
-    Recipe,
-    ResumeError,
-    add_pretrain_arguments,
-    pretrain_settings,
-)
+from backbones.study.pretrain.run import Recipe, add_pretrain_arguments, pretrain_settings
+from backbones.study.pretrain.train import tool_exit_status
 
 DEFAULT_MAX_ITER = 6000
 
@@ -81,9 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             resume=args.resume,
             process_setup=quiet_third_party_warnings,  # the --num-gpus processes too
         )
-    except (BackboneOptionError, ClassificationDataError, ResumeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # a mistake in the options or data, or a divergence: one line
+        return tool_exit_status(e)
     print(result.table.read_text())
     print(f"wrote {result.csv}, {result.figure}, {result.table}")
     return 0

@@ -6,8 +6,9 @@ architecture and input settings.
 Data: the embedded synthetic set by default (100 classes of textured shapes, 64 px, generated on
 first use), an ImageFolder tree with --data DIR (DIR/train/<class>/*, DIR/val/<class>/*:
 ImageNet's layout), or CIFAR-10's python batches with --cifar DIR. Any make_resnet option goes
-last as KEY VALUE pairs. OUTPUT gets model_final.pth, metrics.json (one line per evaluation),
-training_curve.png, checkpoint.pth and run.json. Examples::
+last as KEY VALUE pairs. It trains on Detectron2's trainer, as tools/train_net.py does: OUTPUT
+gets model_final.pth, metrics.json (Detectron2's, with a line per evaluation), training_curve.png,
+config.yaml and the checkpoints (model_XXXXXXX.pth, last_checkpoint). Examples::
 
     tools/pretrain_classifier.py --depth 18 --output output/pretrain/r18
     tools/pretrain_classifier.py --depth 50 --output output/pretrain/x50 num_groups 32
@@ -28,18 +29,15 @@ from collections.abc import Sequence
 
 from detectron2.utils.logger import setup_logger
 
-from backbones.errors import BackboneOptionError
 from backbones.specs import DEPTHS
-from backbones.study.data.classification import ClassificationDataError
 from backbones.study.pretrain.classifier import parse_resnet_options
 from backbones.study.pretrain.run import (
     PretrainRun,
     Recipe,
-    ResumeError,
     add_pretrain_arguments,
     pretrain_settings,
 )
-from backbones.study.pretrain.train import pretrain
+from backbones.study.pretrain.train import pretrain, tool_exit_status
 from backbones.study.report.pretrain_plots import TrainingCurveWriter
 
 
@@ -84,9 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         # The processes started for --num-gpus begin with Python's filters: quiet them too.
         result = pretrain(run, num_gpus=args.num_gpus, process_setup=quiet_third_party_warnings)
-    except (BackboneOptionError, ClassificationDataError, ResumeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # a mistake in the options or data, or a divergence: one line
+        return tool_exit_status(e)
     if result.already_finished:
         print(f"{args.output} had finished: nothing to do")
     last = result.records[-1] if result.records else None

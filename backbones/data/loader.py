@@ -255,8 +255,7 @@ def build_resumable_train_loader(
         DatasetFromList(dicts, copy=False), mapper or DatasetMapper(cfg, True)
     )
     logger.info(
-        "Resumable training loader: %d images, %d per process of %d per iteration, %s, "
-        "%d workers",
+        "Resumable training loader: %d images, %d per process of %d per iteration, %s, %d workers",
         len(dicts),
         sampler.batch_size,
         sampler.total_batch_size,

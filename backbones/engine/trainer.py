@@ -56,10 +56,14 @@ EVALUATORS: dict[str, Callable[[CfgNode, str, str], DatasetEvaluator]] = {
 
 
 class _DropKnownFailure(logging.Filter):
-    # Detectron2's loop logs every exception with its traceback before re-raising it; a
-    # divergence is said once, as a message, by the command line.
+    # Detectron2's loop logs every exception with its traceback before re-raising it; a known
+    # failure (a divergence) is said once, as a message, by the command line.
+    def __init__(self, known: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.known = known
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], DivergenceError))
+        return not (record.exc_info and isinstance(record.exc_info[1], self.known))
 
 
 class Trainer(DefaultTrainer):
@@ -75,6 +79,9 @@ class Trainer(DefaultTrainer):
     uninterrupted run. A non-finite loss or weight stops every process with
     :class:`~backbones.errors.DivergenceError`, naming the last good checkpoint.
     """
+
+    # Failures the command line says as one message: the loop's traceback of them is not logged.
+    KNOWN_FAILURES: tuple[type[BaseException], ...] = (DivergenceError,)
 
     def __init__(self, cfg: CfgNode) -> None:
         # DefaultTrainer.__init__, with our create_ddp_model (DDP without device ids for a CPU
@@ -93,13 +100,16 @@ class Trainer(DefaultTrainer):
         self._trainer = loop(model, data_loader, optimizer)
         self._set_seed(self.seed)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = BackbonesCheckpointer(
-            model, cfg.OUTPUT_DIR, cfg=cfg, trainer=weakref.proxy(self)
-        )
+        self.checkpointer = self.build_checkpointer(cfg, model)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_checkpointer(self, cfg: CfgNode, model: nn.Module) -> BackbonesCheckpointer:
+        """The checkpointer of ``model`` (wrapped for its processes) into ``cfg.OUTPUT_DIR``,
+        saving this trainer's state (iteration, optimizer, hooks) with it."""
+        return BackbonesCheckpointer(model, cfg.OUTPUT_DIR, cfg=cfg, trainer=weakref.proxy(self))
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> Iterable[list[dict[str, Any]]]:
@@ -149,7 +159,7 @@ class Trainer(DefaultTrainer):
         """Detectron2's; a :class:`DivergenceError` leaves with the last good checkpoint named
         (the one ``--resume`` continues from) and without the loop's traceback in the log."""
         loop_logger = logging.getLogger("detectron2.engine.train_loop")
-        drop = _DropKnownFailure()
+        drop = _DropKnownFailure(self.KNOWN_FAILURES)
         loop_logger.addFilter(drop)
         try:
             return super().train()

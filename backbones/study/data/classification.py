@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.datasets.folder import find_classes, has_file_allowed_extension, make_dataset
 from torchvision.transforms.v2 import functional as TF
 
 from ...errors import check_choice
@@ -291,7 +292,8 @@ def _synthetic(spec: DataSpec) -> ClassificationData:
 
 
 def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], dict[str, list]]:
-    """Check an ImageFolder tree and list its images.
+    """Check an ImageFolder tree and list its images with torchvision's ``find_classes`` and
+    ``make_dataset`` (``ImageFolder``'s scan), hidden files left out.
 
     Returns:
         ``(classes, {"train": [(file, label), ...], "val": [...]})``, classes sorted by name.
@@ -304,27 +306,19 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], dict[str, lis
     root = Path(root)
     if not root.is_dir():
         raise ClassificationDataError(f"{root}: no such folder; expected {FOLDER_LAYOUT}")
-    found: dict[str, dict[str, list[str]]] = {}
+    found: dict[str, list[str]] = {}
     for split in ("train", "val"):
         folder = root / split
         if not folder.is_dir():
             raise ClassificationDataError(
                 f"{folder}: missing; an ImageFolder tree has train/ and val/: {FOLDER_LAYOUT}"
             )
-        classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and e.name[0] != ".")
-        if not classes:
+        try:
+            found[split] = find_classes(folder)[0]
+        except FileNotFoundError:
             raise ClassificationDataError(
                 f"{folder}: no class folders in it; expected {FOLDER_LAYOUT}"
-            )
-        found[split] = {}
-        for name in classes:
-            files = sorted(_image_files(folder / name))
-            if not files:
-                raise ClassificationDataError(
-                    f"{folder / name}: a class folder with no images; put at least one "
-                    f"image in it or remove it (expected {FOLDER_LAYOUT})"
-                )
-            found[split][name] = files
+            ) from None
     extra = sorted(set(found["val"]) - set(found["train"]))
     if extra:
         shown = ", ".join(extra[:5]) + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else "")
@@ -332,22 +326,23 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], dict[str, lis
             f"{root / 'val'}: classes not in {root / 'train'}: {shown}; the network learns the "
             f"train classes only (expected {FOLDER_LAYOUT})"
         )
-    classes = sorted(found["train"])
-    index = {name: i for i, name in enumerate(classes)}
-    samples = {
-        split: [(f, index[name]) for name, files in by_class.items() for f in files]
-        for split, by_class in found.items()
-    }
-    return classes, samples
+    index = {name: i for i, name in enumerate(found["train"])}
+    samples = {}
+    for split, classes in found.items():
+        samples[split] = make_dataset(
+            root / split, {c: index[c] for c in classes}, is_valid_file=_is_image, allow_empty=True
+        )
+        empty = sorted(set(classes) - {found["train"][label] for _, label in samples[split]})
+        if empty:
+            raise ClassificationDataError(
+                f"{root / split / empty[0]}: a class folder with no images; put at least one "
+                f"image in it or remove it (expected {FOLDER_LAYOUT})"
+            )
+    return found["train"], samples
 
 
-def _image_files(folder: Path) -> list[str]:
-    return [
-        os.path.join(parent, name)
-        for parent, _, names in os.walk(folder, followlinks=True)
-        for name in names
-        if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-    ]
+def _is_image(path: str) -> bool:
+    return has_file_allowed_extension(path, IMAGE_EXTENSIONS) and not Path(path).name[0] == "."
 
 
 def _folder(spec: DataSpec) -> ClassificationData:

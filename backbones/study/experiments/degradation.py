@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from ..data.classification import DataSpec
-from ..pretrain.run import RUN, PretrainRun, Progress, Recipe, read_metrics, read_result
+from ..pretrain.run import (
+    METRICS,
+    PretrainRun,
+    Recipe,
+    SeriesProgress,
+    evaluation_records,
+    read_result,
+)
 from ..pretrain.train import pretrain
 from ..report.pretrain_plots import (
     NetCurve,
@@ -72,9 +79,7 @@ def plan_degradation(
 def is_finished(output_dir: str | os.PathLike, max_iter: int | None) -> bool:
     """Whether a net's folder holds a finished run (of ``max_iter`` iterations, when given)."""
     result = read_result(output_dir)
-    if not result.finished or not (Path(output_dir) / RUN).is_file():
-        return False
-    return max_iter is None or result.iteration >= max_iter
+    return result.finished and (max_iter is None or result.iteration >= max_iter)
 
 
 def run_degradation(
@@ -122,7 +127,7 @@ def run_degradation(
             recipe=recipe,
             resnet_options={**(resnet_options or {}), "residual": net.residual},
             resume=resume,
-            progress=Progress(f"[{net.name} {i + 1}/{len(todo)}] ", later),
+            progress=SeriesProgress(f"[{net.name} {i + 1}/{len(todo)}] ", later),
             after_eval=TrainingCurveWriter(title=net.name),
         )
         pretrain(run, num_gpus=num_gpus, process_setup=process_setup)
@@ -140,7 +145,7 @@ def write_degradation_report(
     are now (unfinished nets with what they have)."""
     output = Path(output_dir)
     curves = [
-        NetCurve(n.name, n.depth, n.residual, read_metrics(n.output_dir / "metrics.json"))
+        NetCurve(n.name, n.depth, n.residual, evaluation_records(n.output_dir / METRICS))
         for n in plan_degradation(output, depths)
     ]
     csv_path = write_curves_csv(curves, output / CSV_FILE)

@@ -13,7 +13,6 @@ again after a kill; each step's output goes to a log beside its results.
 
 from __future__ import annotations
 
-import datetime
 import os
 import sys
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, TextIO
 
+from ...progress import format_duration
 from ..report.depth_report import write_depth_report
 from ..report.runs import read_run
 from .sweep import plan_sweep, run_training
@@ -167,10 +167,6 @@ def plan(
     return steps
 
 
-def _clock(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=round(seconds)))
-
-
 def reproduce_small(
     output_root: str | os.PathLike = "output/reproduce_small",
     *,
@@ -232,9 +228,10 @@ def reproduce_small(
         done = [s.seconds for s in todo[:index] if s.seconds is not None]
         eta = sum(done) / len(done) * (len(todo) - index)
         status = f"FAILED (exit {step.returncode}), see {log}" if step.returncode else "done"
+        took, elapsed = format_duration(step.seconds), format_duration(time.perf_counter() - start)
         print(
-            f"[{index}/{len(todo)}] {step.name}: {status} in {_clock(step.seconds)}; elapsed "
-            f"{_clock(time.perf_counter() - start)}, ETA {_clock(eta)} (mean of steps so far)",
+            f"[{index}/{len(todo)}] {step.name}: {status} in {took}; elapsed {elapsed}, ETA "
+            f"{format_duration(eta)} (mean of steps so far)",
             file=out,
             flush=True,
         )

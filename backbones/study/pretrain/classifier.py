@@ -1,30 +1,23 @@
 """The ImageNet classifier of He et al. (2015, Sec. 3.4) around our ResNet: ``res5``, global
-average pooling and a linear layer; its options from ``KEY VALUE`` pairs, its input settings, and
-the weights file it leaves for detectors."""
+average pooling and a linear layer, returning a loss dict as Detectron2's models do, with a
+weights file's names in its state dict; its options from ``KEY VALUE`` pairs."""
 
 from __future__ import annotations
 
 import ast
 import inspect
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ...errors import BackboneOptionError
 from ...modeling import ARCHITECTURE_DEFAULTS, BLOCK_TYPES, ResNet, make_resnet
 from ...specs import DEPTHS
-from ...weights import (
-    InputSettings,
-    architecture_options,
-    read_weights,
-    weights_from_object,
-    write_detectron2_checkpoint,
-)
 from ...weights.sources import TORCHVISION_INPUT
-from ..data.classification import CHANNEL_ORDER
 
 # make_resnet options of a pretraining unless KEY VALUE pairs say otherwise: trainable batch
 # norm, and the stride in the 3x3 (torchvision's "ResNet v1.5", more accurate than MSRA's 1x1).
@@ -37,9 +30,6 @@ RESERVED_OPTIONS = {
 # ImageNet's statistics on 0-255 pixels (torchvision's), in the BGR order of the data.
 PIXEL_MEAN = TORCHVISION_INPUT.pixel_mean[::-1]
 PIXEL_STD = TORCHVISION_INPUT.pixel_std[::-1]
-# The classifier head's names in the weights file: not a ResNet tensor, so loading reports them
-# as unused and finds nothing of the ResNet missing.
-HEAD_PREFIX = "fc."
 
 
 def resnet_option_names() -> tuple[str, ...]:
@@ -82,8 +72,24 @@ def parse_resnet_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 class Classifier(nn.Module):
     """A ResNet's ``res5``, globally average-pooled, then a linear layer (torchvision's
-    ``avgpool`` and ``fc``). Takes BGR images on 0-255 pixels (uint8 or float) and normalises
-    them itself, as Detectron2's detectors do with ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``."""
+    ``avgpool`` and ``fc``), called as Detectron2 calls a meta-architecture: on a training batch
+    ``(images, labels)`` it returns ``{"loss_cls": cross-entropy}``, in eval mode the logits.
+    Takes BGR images on 0-255 pixels (uint8 or float) and normalises them itself, as Detectron2's
+    detectors do with ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``.
+
+    Its state dict is a weights file's: the ResNet's tensors under their own names (``stem.*``,
+    ``res2.*``, ...) and the head's under ``fc.*``. So every checkpoint of a pretraining loads
+    with ``make_resnet(weights=...)`` and as ``MODEL.WEIGHTS`` as an ImageNet file does (the
+    head reported unused), and resumes into the classifier.
+
+    Args:
+        backbone: the ResNet, with ``res5`` among its outputs.
+        num_classes: the linear layer's outputs.
+        pixel_mean, pixel_std: per channel, BGR, on 0-255 pixels.
+        label_smoothing: of the training loss (Szegedy et al., 2016); 0 for none.
+        architecture: the ``make_resnet`` arguments that rebuild ``backbone``
+            (:func:`build_classifier`'s), stored in the checkpoints.
+    """
 
     def __init__(
         self,
@@ -92,32 +98,79 @@ class Classifier(nn.Module):
         *,
         pixel_mean: Sequence[float] = PIXEL_MEAN,
         pixel_std: Sequence[float] = PIXEL_STD,
+        label_smoothing: float = 0.0,
+        architecture: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.fc = nn.Linear(backbone.output_shape()["res5"].channels, num_classes)
-        # Not in the state dict: the weights file records them as input settings instead.
+        self.label_smoothing = label_smoothing
+        self.architecture = dict(architecture or {})
+        # Not in the state dict: the checkpoints record them as input settings instead.
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), False)
+        self.register_state_dict_post_hook(_resnet_names)
+        self.register_load_state_dict_pre_hook(_module_names)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() - self.pixel_mean) / self.pixel_std
-        features = self.backbone(x)["res5"]
-        return self.fc(torch.flatten(features.mean(dim=(2, 3)), 1))
+    def forward(
+        self, batch: tuple[torch.Tensor, torch.Tensor] | torch.Tensor
+    ) -> dict[str, torch.Tensor] | torch.Tensor:
+        """
+        Args:
+            batch: ``(images, labels)`` as the loaders give them (``(N, 3, H, W)`` BGR pixels,
+                ``(N,)`` class indices), or the images alone in eval mode.
 
-    def weights_state(self) -> dict[str, torch.Tensor]:
-        """The ResNet's tensors under its own names (``stem.*``, ``res2.*``..) and the head's
-        under ``fc.*``: what the weights file holds."""
-        state = dict(self.backbone.state_dict())
-        state.update({HEAD_PREFIX + k: v for k, v in self.fc.state_dict().items()})
-        return state
+        Returns:
+            in training, ``{"loss_cls"}``; otherwise the logits, ``(N, num_classes)``.
+        """
+        images, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)
+        device = self.pixel_mean.device
+        x = (images.to(device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
+        logits = self.fc(torch.flatten(self.backbone(x)["res5"].mean(dim=(2, 3)), 1))
+        if not self.training:
+            return logits
+        if labels is None:
+            raise ValueError("Classifier: a training batch is (images, labels)")
+        labels = labels.to(device, non_blocking=True)
+        # This process's top-1 error (%), as Detectron2's heads log their accuracy; the
+        # evaluations average it over the processes and the last iterations.
+        wrong = (logits.detach().argmax(dim=1) != labels).float().mean()
+        get_event_storage().put_scalar("cls_error", 100 * float(wrong))
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        return {"loss_cls": loss}
+
+
+def _resnet_names(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    """State-dict post-hook of :class:`Classifier`: ``backbone.res2.0.*`` -> ``res2.0.*``."""
+    inner = prefix + "backbone."
+    items = list(state_dict.items())
+    state_dict.clear()
+    for key, value in items:
+        state_dict[prefix + key[len(inner) :] if key.startswith(inner) else key] = value
+
+
+def _module_names(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook of :class:`Classifier`: ``res2.0.*`` -> ``backbone.res2.0.*``
+    (the head's ``fc.*`` and names already under ``backbone.`` are kept)."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        name = key[len(prefix) :]
+        if not name.startswith(("backbone.", "fc.")):
+            state_dict[f"{prefix}backbone.{name}"] = state_dict.pop(key)
 
 
 def build_classifier(
-    depth: int, num_classes: int, resnet_options: dict[str, Any] | None = None
+    depth: int,
+    num_classes: int,
+    resnet_options: dict[str, Any] | None = None,
+    *,
+    label_smoothing: float = 0.0,
+    pixel_mean: Sequence[float] = PIXEL_MEAN,
+    pixel_std: Sequence[float] = PIXEL_STD,
 ) -> tuple[Classifier, dict[str, Any]]:
     """A :class:`Classifier` on ``make_resnet(depth, **PRETRAIN_RESNET_DEFAULTS,
-    **resnet_options)``.
+    **resnet_options)``, with ``label_smoothing`` in its loss and its input normalisation.
 
     Returns:
         ``(classifier, architecture)``: the make_resnet arguments that rebuild the ResNet
@@ -129,56 +182,25 @@ def build_classifier(
         if key in RESERVED_OPTIONS:
             raise BackboneOptionError(key, options[key], "not set here", RESERVED_OPTIONS[key])
     backbone = make_resnet(depth, out_features=("res5",), **options)
-    weights = options.get("weights")
-    if weights is not None and not hasattr(weights, "architecture"):
-        weights = read_weights(weights)
-    given = {name: options.get(name) for name in ARCHITECTURE_DEFAULTS}
-    given["depth"] = depth
-    architecture = architecture_options(given, ARCHITECTURE_DEFAULTS, weights)
-    # What the built tensors show wins (res2_out_channels' default by block type...).
-    architecture.update(weights_from_object(backbone.state_dict()).architecture)
-    architecture.pop("blocks_per_stage", None)
+    # The spec the ResNet was built from (the options, the weights file, the defaults: resolved
+    # once), as a weights file records it.
+    architecture = {
+        name: value
+        for name, value in backbone.spec.as_dict().items()
+        if name in ARCHITECTURE_DEFAULTS and value is not None
+    }
     if not BLOCK_TYPES[DEPTHS[depth].block].grouped:  # basic blocks: no grouped 3x3 to describe
         architecture.pop("num_groups", None)
         architecture.pop("width_per_group", None)
     norm = options.get("norm")
     if isinstance(norm, str):
         architecture["norm"] = norm
-    return Classifier(backbone, num_classes), architecture
-
-
-def pretrain_input_settings(architecture: dict[str, Any]) -> InputSettings:
-    """How images were prepared for the classifier: BGR 0-255 pixels minus :data:`PIXEL_MEAN`,
-    divided by :data:`PIXEL_STD`, and the stride placement of its ResNet."""
-    return InputSettings(
-        CHANNEL_ORDER, PIXEL_MEAN, PIXEL_STD, bool(architecture.get("stride_in_1x1", False))
+    classifier = Classifier(
+        backbone,
+        num_classes,
+        pixel_mean=pixel_mean,
+        pixel_std=pixel_std,
+        label_smoothing=label_smoothing,
+        architecture=architecture,
     )
-
-
-def write_pretrained_weights(
-    classifier: Classifier,
-    path: str | os.PathLike,
-    *,
-    architecture: dict[str, Any],
-    description: str,
-) -> list[str]:
-    """Write the classifier's weights as a Detectron2 checkpoint (``write_detectron2_checkpoint``,
-    as ``tools/convert_weights.py`` does), atomically: the ResNet under Detectron2's names, the
-    head under ``fc.*``, and under ``"backbones"`` the architecture and the input settings, so
-    that ``make_resnet(weights=path)`` and a detector's ``MODEL.WEIGHTS`` rebuild and prepare
-    images as the pretraining did.
-
-    Args:
-        classifier: the trained classifier (not wrapped in DDP).
-        path: the file (``.pth``; ``.pkl`` for Detectron2's model-zoo layout).
-        architecture: from :func:`build_classifier`.
-        description: what trained it, on what (the file's ``__author__``).
-
-    Returns:
-        the config lines that go with the file (also stored in it).
-    """
-    state = {k: v.detach().cpu() for k, v in classifier.weights_state().items()}
-    weights = weights_from_object(state, description)
-    weights.input = pretrain_input_settings(architecture)
-    weights.architecture.update(architecture)
-    return write_detectron2_checkpoint(weights, path)
+    return classifier, architecture

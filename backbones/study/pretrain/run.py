@@ -1,36 +1,31 @@
-"""The settings of a classifier pretraining (:class:`Recipe`, :class:`PretrainRun`), its learning
-rate schedule, and what it leaves in its output folder (:class:`PretrainResult`)."""
+"""The settings of a classifier pretraining (:class:`Recipe`, :class:`PretrainRun`), the tools'
+flags that give them, and what a run leaves in its output folder (:class:`PretrainResult`)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from ...engine.hooks import load_metrics
 from ...errors import check_choice
+from ...weights import read_file
 from ..data.classification import DataSpec
 
 SCHEDULES = ("cosine", "step")
 # Epochs when neither max_iter nor epochs is given: torchvision's ImageNet recipe; the paper's
 # CIFAR-10 schedule (64k iterations of 128 images); fewer on the synthetic set (CPU-sized).
 DEFAULT_EPOCHS = {"folder": 90, "cifar10": 164, "synthetic": 30}
-CHECKPOINT, WEIGHTS, METRICS, RUN = "checkpoint.pth", "model_final.pth", "metrics.json", "run.json"
-# Recipe fields a resumed run may change (the others must be those of its checkpoint).
-RESUMABLE_CHANGES = (
-    "max_iter",
-    "epochs",
-    "eval_period",
-    "checkpoint_period",
-    "log_period",
-    "train_window",
-    "num_workers",
-)
+# What a run leaves: Detectron2's final checkpoint (the weights for detectors), its metrics,
+# its config, and the checkpointer's pointer to the newest checkpoint.
+WEIGHTS, METRICS, CONFIG, LAST = "model_final.pth", "metrics.json", "config.yaml", "last_checkpoint"
 
 
 @dataclass
@@ -84,9 +79,9 @@ class Recipe:
 
 
 @dataclass
-class Progress:
-    """How progress lines read: a label, and for a series of runs the cost of the runs after
-    this one, in iterations of this one, so that the ETA covers them all."""
+class SeriesProgress:
+    """How a run's progress lines read: a label, and for a series of runs the cost of the runs
+    after this one, in iterations of this one, so that the ETA covers them all."""
 
     label: str = ""
     later_iters: float = 0.0
@@ -102,7 +97,7 @@ class PretrainRun:
             ``PRETRAIN_RESNET_DEFAULTS``).
         data: which data (:class:`~backbones.study.data.classification.DataSpec`).
         recipe: the optimisation.
-        resume: continue from ``output_dir/checkpoint.pth`` if there is one.
+        resume: continue from the newest checkpoint in ``output_dir`` if there is one.
         stop_at: stop after this iteration with a checkpoint and no weights file (to split a
             run over jobs); None runs to the end.
         progress: the progress lines' label and the series' remaining cost.
@@ -117,7 +112,7 @@ class PretrainRun:
     resnet_options: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
     stop_at: int | None = None
-    progress: Progress = field(default_factory=Progress)
+    progress: SeriesProgress = field(default_factory=SeriesProgress)
     after_eval: Callable[[str, list[dict]], Any] | None = None
 
     def length(self, num_train: int) -> tuple[int, int]:
@@ -135,16 +130,6 @@ class PretrainRun:
             )
         epochs = self.recipe.epochs or DEFAULT_EPOCHS[self.data.kind]
         return self.recipe.max_iter or max(1, round(epochs * per_epoch)), per_epoch
-
-    def signature(self) -> dict[str, Any]:
-        """What a checkpoint must share with a run that resumes it."""
-        recipe = {
-            k: v for k, v in dataclasses.asdict(self.recipe).items() if k not in RESUMABLE_CHANGES
-        }
-        options = {k: repr(v) for k, v in self.resnet_options.items()}
-        # The data's folder may move between jobs; what it holds may not.
-        data = {k: v for k, v in dataclasses.asdict(self.data).items() if k != "path"}
-        return {"depth": self.depth, "resnet_options": options, "data": data, "recipe": recipe}
 
 
 @dataclass
@@ -169,46 +154,34 @@ class ResumeError(ValueError):
     """A checkpoint that the run asked to resume cannot continue (other net, data or recipe)."""
 
 
-class LRSchedule:
-    """The learning-rate factor at an iteration: linear warmup from 1/1000, then cosine to 0 or
-    steps (picklable, for ``LambdaLR`` and CPU processes)."""
-
-    def __init__(self, recipe: Recipe, max_iter: int, warmup_iters: int) -> None:
-        self.schedule, self.max_iter, self.warmup_iters = recipe.schedule, max_iter, warmup_iters
-        self.milestones = [round(s * max_iter) for s in recipe.steps]
-        self.gamma = recipe.gamma
-
-    def __call__(self, iteration: int) -> float:
-        if self.schedule == "cosine":
-            factor = 0.5 * (1 + math.cos(math.pi * min(iteration, self.max_iter) / self.max_iter))
-        else:
-            factor = self.gamma ** sum(iteration >= m for m in self.milestones)
-        if iteration < self.warmup_iters:
-            alpha = iteration / self.warmup_iters
-            factor *= 0.001 * (1 - alpha) + alpha  # Detectron2's WARMUP_FACTOR
-        return factor
-
-
-def read_metrics(path: str | os.PathLike, *, until: int | None = None) -> list[dict[str, float]]:
-    """The records of a ``metrics.json``, up to iteration ``until`` (all if None)."""
+def evaluation_records(path: str | os.PathLike) -> list[dict[str, float]]:
+    """The evaluations of a pretraining's ``metrics.json`` (Detectron2's JSONWriter lines, read
+    by :func:`~backbones.engine.hooks.load_metrics`): the records with ``val_error``, each with
+    ``iter``, the iterations done (Detectron2's 0-based ``iteration`` + 1)."""
     if not os.path.isfile(path):
         return []
-    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return [r for r in records if until is None or r["iter"] <= until]
+    return [{**r, "iter": int(r["iteration"]) + 1} for r in load_metrics(path) if "val_error" in r]
 
 
 def read_result(output_dir: str | os.PathLike) -> PretrainResult:
-    """What a pretraining's folder holds now (``run.json`` gives the iteration of its last
-    checkpoint and its length)."""
+    """What a pretraining's folder holds now: the evaluations, the iteration of its newest
+    checkpoint (``last_checkpoint``), and its length (``config.yaml``). The weights are
+    ``model_final.pth`` when it is the newest checkpoint."""
     output = Path(output_dir)
-    settings = json.loads((output / RUN).read_text()) if (output / RUN).is_file() else {}
-    weights = output / WEIGHTS
+    config = yaml.safe_load((output / CONFIG).read_text()) if (output / CONFIG).is_file() else {}
+    last = (output / LAST).read_text().strip() if (output / LAST).is_file() else ""
+    iteration, weights = 0, None
+    if last == WEIGHTS and (output / WEIGHTS).is_file():
+        weights = str(output / WEIGHTS)
+        iteration = int(read_file(weights).get("iteration", -1)) + 1
+    elif re.fullmatch(r"model_\d+\.pth", last):
+        iteration = int(last[len("model_") : -len(".pth")]) + 1
     return PretrainResult(
         str(output),
-        read_metrics(output / METRICS),
-        str(weights) if weights.is_file() else None,
-        int(settings.get("iteration", 0)),
-        int(settings.get("max_iter", 0)),
+        evaluation_records(output / METRICS),
+        weights,
+        iteration,
+        int((config or {}).get("SOLVER", {}).get("MAX_ITER", 0)),
     )
 
 
