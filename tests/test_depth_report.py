@@ -1,6 +1,7 @@
 """The depth report (``backbones.study.report.depth_report``, ``tools/depth_report.py``) on run
 directories written here as Detectron2's trainer leaves them: three finished depths, a run
-without evaluation and an unfinished one."""
+without evaluation and an unfinished one; and evaluations of model-zoo checkpoints, with the
+zoo's published AP and the difference."""
 
 from __future__ import annotations
 
@@ -12,19 +13,27 @@ import struct
 from pathlib import Path
 
 import pytest
+import yaml
 
+import backbones.study.report.runs as runs_module
 from backbones import load_cfg
 from backbones.study.report.depth_report import write_depth_report
 from backbones.study.report.runs import (
+    EVALUATED,
     FINISHED,
     NO_CONFIG,
     NO_EVALUATION,
+    REFERENCES_FILE,
     UNFINISHED,
     RunSummary,
     add_gains,
     load_references,
+    match_zoo,
     read_run,
+    schedule_name,
 )
+
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {depth: ROOT / "configs" / f"mrcnn_r{depth}_shapes.yaml" for depth in (18, 34, 50)}
@@ -225,3 +234,144 @@ def test_tool(run_dirs, tmp_path, capsys):
         "depth_report.csv", "depth_report.md", "depth_report_ap_vs_depth.png",
         "depth_report_ap_vs_gflops.png",
     }  # fmt: skip
+
+
+# Runs that evaluated model-zoo checkpoints (tools/zoo_eval.py): eval-only folders.
+
+ZOO_R50 = "COCO-Detection/faster_rcnn_R_50_FPN_3x/137849458/model_final_280758.pkl"
+ZOO_R101 = "COCO-Detection/faster_rcnn_R_101_FPN_3x/137851257/model_final_f6e8b1.pkl"
+ZOO_X101 = "COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x/139173657/model_final_68b088.pkl"
+
+
+def write_eval_run(root: Path, name: str, config: str, weights: str, box: float) -> Path:
+    """What ``train_net.py --eval-only`` leaves: config.yaml and the evaluator's
+    ``inference/<DATASETS.TEST[0]>/coco_metrics.json``; no training record, no model_final."""
+    path = root / name
+    path.mkdir()
+    opts = ["MODEL.WEIGHTS", weights, "BACKBONES.INPUT_FROM_WEIGHTS", "off"]
+    cfg = load_cfg(str(ROOT / "configs" / config), opts)
+    (path / "config.yaml").write_text(cfg.dump())
+    metrics = path / "inference" / cfg.DATASETS.TEST[0] / "coco_metrics.json"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text(json.dumps({"bbox": {"AP": box, "AP50": box + 20}}))
+    return path
+
+
+def fake_complexity(cfg) -> dict:
+    """Parameters and GFLOPs by depth: counting them (seconds a detector) is tested above."""
+    return {"params": cfg.MODEL.RESNETS.DEPTH * 1000, "gflops": cfg.MODEL.RESNETS.DEPTH / 10}
+
+
+@pytest.fixture(scope="module")
+def zoo_report(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runs_module, "detector_complexity", fake_complexity)
+        patch.setattr(runs_module, "_COMPLEXITY", {})  # none of these fake counts kept
+        yield _zoo_report(tmp_path_factory)
+
+
+def _zoo_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo_runs")
+    cache = "/cache/iopath_cache/detectron2/"  # a downloaded copy, by its path
+    runs = [
+        write_eval_run(root, "r50", "frcnn_r50_3x.yaml", f"detectron2://{ZOO_R50}", 40.3),
+        write_eval_run(
+            root,
+            "r101",
+            "frcnn_r101_3x.yaml",
+            f"https://dl.fbaipublicfiles.com/detectron2/{ZOO_R101}",
+            41.9,
+        ),
+        write_eval_run(root, "x101", "frcnn_x101_32x8d_3x.yaml", cache + ZOO_X101, 43.0),
+        # Another detector and schedule, weights of no zoo model: its own group, no zoo column.
+        write_eval_run(root, "mask_r50", "mrcnn_r50.yaml", "output/model_final.pth", 30.0),
+    ]
+    return write_depth_report(runs, tmp_path_factory.mktemp("zoo_report"))
+
+
+def test_evaluations_of_zoo_checkpoints_get_the_zoo_column_and_the_difference(zoo_report):
+    runs = {run.name: run for run in zoo_report.runs}
+    assert {run.status for run in runs.values()} == {EVALUATED}
+    assert [runs[n].zoo.zoo for n in ("r50", "r101", "x101")] == [
+        "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",
+        "COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml",
+        "COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x.yaml",
+    ]
+    assert runs["mask_r50"].zoo is None
+    with open(zoo_report.files["csv"], newline="") as f:
+        header = next(csv.reader(f))
+        rows = {row["run"]: row for row in csv.DictReader(f, fieldnames=header)}
+    # The existing columns as they were; the zoo's at the end.
+    assert header[header.index("run_dir") :] == [
+        "run_dir", "zoo", "bbox/AP_zoo", "bbox/AP_zoo_diff"
+    ]  # fmt: skip
+    published = {m.zoo: m.ap["bbox/AP"] for m in load_references().models if m.zoo}
+    for name, ours in (("r50", 40.3), ("r101", 41.9), ("x101", 43.0)):
+        assert float(rows[name]["bbox/AP_zoo"]) == published[rows[name]["zoo"]]
+        diff = float(rows[name]["bbox/AP_zoo_diff"])
+        assert diff == pytest.approx(ours - published[rows[name]["zoo"]], abs=1e-6)
+    assert rows["mask_r50"]["zoo"] == rows["mask_r50"]["bbox/AP_zoo_diff"] == ""
+
+
+def test_gains_are_within_a_detector_design_and_schedule(zoo_report):
+    runs = {run.name: run for run in zoo_report.runs}
+    assert runs["r101"].gains["bbox/AP_gain"] == pytest.approx(1.6)  # over r50, not mask_r50
+    assert runs["x101"].gains["bbox/AP_gain"] == pytest.approx(2.7)
+    assert runs["mask_r50"].gains["bbox/AP_gain"] == 0.0
+    assert [run.name for run in zoo_report.runs if run.is_base] == ["r50", "mask_r50"]
+    assert (runs["x101"].group, runs["mask_r50"].group) == (
+        "Faster R-CNN FPN 3x",
+        "Mask R-CNN FPN 1x",
+    )
+    text = zoo_report.files["markdown"].read_text().split("## References")[0]
+    assert "| `x101` | Faster R-CNN X-101-32x8d-FPN 3x | 101 |" in text
+    assert "| 40.3 | base | 40.2 | +0.1 |" in text  # r50: its AP, base, the zoo's, ours - zoo
+    assert "| 41.9 | +1.6 (+4.0%) | 42.0 | -0.1 |" in text
+    assert "bases: `r50` (Faster R-CNN FPN 3x), `mask_r50` (Mask R-CNN FPN 1x)" in text
+    assert "should match its published AP to about 0.1" in text
+    assert "Not evaluated on" not in text  # all on coco_2017_val
+
+
+def test_zoo_checkpoints_are_matched_by_their_address_only():
+    references = load_references()
+    spellings = {
+        f"https://dl.fbaipublicfiles.com/detectron2/{ZOO_R50}": True,
+        f"detectron2://{ZOO_R50}": True,
+        f"/data/copies/{ZOO_R50}": True,
+        ZOO_R50: True,
+        f"/data/xCOCO-Detection/{ZOO_R50.split('/', 1)[1]}": False,  # another folder
+        "detectron2://COCO-Detection/faster_rcnn_R_50_FPN_3x/137849458/model_final.pkl": False,
+        "detectron2://ImageNetPretrained/MSRA/R-50.pkl": False,
+    }
+    runs = [RunSummary(w, Path("."), weights=w) for w in spellings]
+    match_zoo(runs, references)
+    assert {run.weights: run.zoo is not None for run in runs} == spellings
+
+
+def test_a_reference_naming_no_zoo_checkpoint_is_refused(tmp_path):
+    data = yaml.safe_load(REFERENCES_FILE.read_text())
+    data["models"][2]["zoo"] = "COCO-Detection/faster_rcnn_R_50_FPN_2x.yaml"
+    path = tmp_path / "references.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(
+        ValueError, match=r"models\[2\]: zoo 'COCO-Detection/faster_rcnn_R_50_FPN_2x"
+    ):
+        load_references(path)
+
+
+@pytest.mark.parametrize(
+    "max_iter, batch, name",
+    [(90000, 16, "1x"), (270000, 16, "3x"), (720000, 2, "1x"), (100, 4, "100 iterations")],
+)
+def test_schedule_name(max_iter, batch, name):
+    assert schedule_name(max_iter, batch) == name
+
+
+def test_tool_prints_the_zoo_figure(zoo_report, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(runs_module, "detector_complexity", fake_complexity)
+    monkeypatch.setattr(runs_module, "_COMPLEXITY", {})
+    tool = load_script(ROOT / "tools" / "depth_report.py", "depth_report_tool")
+    assert tool.main([*(str(run.path) for run in zoo_report.runs), "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "r101: R-101, evaluated, box AP 41.9 (zoo 42.0, -0.1)" in out
+    assert "mask_r50: R-50, evaluated, box AP 30.0\n" in out

@@ -6,12 +6,16 @@ Reads each RUN_DIR as Detectron2's trainer leaves it (config.yaml, metrics.json:
 evaluation's bbox/AP, segm/AP, ...; model_final.pth) and writes into --output:
 
   depth_report.csv      one row per run: run, depth, params, gflops, the APs (bbox/AP,
-                        bbox/AP50, ...), per AP the gain over the shallowest evaluated run in
-                        points (bbox/AP_gain) and percent (bbox/AP_gain_rel), status
+                        bbox/AP50, ...), per AP the gain over the shallowest evaluated run of
+                        the same detector, design and schedule in points (bbox/AP_gain) and
+                        percent (bbox/AP_gain_rel), status; where a run evaluated a model-zoo
+                        checkpoint (tools/zoo_eval.py), zoo, bbox/AP_zoo (the published AP)
+                        and bbox/AP_zoo_diff (ours minus it)
   depth_report.md       the runs beside the paper's VGG-16 -> ResNet-101 row and the model
                         zoos' models of the same detector and design, sources named
   depth_report_ap_vs_depth.png, depth_report_ap_vs_gflops.png
 
+A run with an evaluation and no training (train_net.py --eval-only) is "evaluated" and compared.
 Runs that did not finish, have no evaluation or no readable config.yaml are listed as such
 (status column, a list in the Markdown) and left out of the gains and plots. Example::
 
@@ -61,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for run in report.runs:
         ap = run.ap.get("bbox/AP")
         box = f", box AP {ap:.1f}" if ap is not None else ""
+        zoo = run.zoo_values().get("bbox/AP_zoo")
+        if ap is not None and zoo is not None:
+            box += f" (zoo {zoo:.1f}, {ap - zoo:+.1f})"
         print(f"{run.name}: R-{run.depth or '?'}, {run.reason or run.status}{box}")
     for path in report.files.values():
         print(f"wrote {path}")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from ...progress import format_duration
 from ..report.depth_report import DepthReport, write_depth_report
 
 DEFAULT_OUTPUT_ROOT = "output/depth_sweep"
@@ -30,8 +31,29 @@ LOG_NAME = "sweep.log"
 FINISHED, PARTIAL, NEW = "finished", "partial", "new"
 
 
+class LoggedRun:
+    """A run of a tool in its own process that logs into ``<output_dir>/<log_name>``: its name
+    (the output folder's), its log and whether it failed (a non-zero exit status)."""
+
+    output_dir: Path
+    returncode: int | None
+    log_name = LOG_NAME
+
+    @property
+    def name(self) -> str:
+        return self.output_dir.name
+
+    @property
+    def log(self) -> Path:
+        return self.output_dir / self.log_name
+
+    @property
+    def failed(self) -> bool:
+        return self.returncode not in (None, 0)
+
+
 @dataclass
-class SweepRun:
+class SweepRun(LoggedRun):
     """One config of a sweep: where it trains, its state before the sweep, the command that
     trains it (None when finished), and once run, its exit status and duration in seconds."""
 
@@ -41,18 +63,6 @@ class SweepRun:
     command: list[str] | None
     returncode: int | None = None
     seconds: float | None = None
-
-    @property
-    def name(self) -> str:
-        return self.output_dir.name
-
-    @property
-    def log(self) -> Path:
-        return self.output_dir / LOG_NAME
-
-    @property
-    def failed(self) -> bool:
-        return self.returncode not in (None, 0)
 
 
 @dataclass
@@ -155,10 +165,6 @@ def run_training(command: Sequence[str], log_path: str | os.PathLike) -> int:
         return subprocess.run(list(command), stdout=log, stderr=subprocess.STDOUT).returncode
 
 
-def _clock(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=round(seconds)))
-
-
 def run_sweep(
     configs: Sequence[str | os.PathLike],
     *,
@@ -217,8 +223,8 @@ def run_sweep(
         eta = sum(done) / len(done) * (len(todo) - index)
         status = f"FAILED (exit {run.returncode}), see {run.log}" if run.failed else "done"
         print(
-            f"{step}: {status} in {_clock(run.seconds)}; elapsed "
-            f"{_clock(time.perf_counter() - start)}, ETA {_clock(eta)}",
+            f"{step}: {status} in {format_duration(run.seconds)}; elapsed "
+            f"{format_duration(time.perf_counter() - start)}, ETA {format_duration(eta)}",
             file=out,
             flush=True,
         )

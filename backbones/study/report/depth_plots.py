@@ -27,18 +27,25 @@ def plot_ap(
     ax = fig.add_subplot()
     small = dict(textcoords="offset points", fontsize=6)
     compared = sorted((run for run in runs if run.compared), key=lambda run: getattr(run, x))
-    for i, (task, label) in enumerate(TASKS.items()):
-        key = f"{task}/AP"
-        points = [(getattr(r, x), r.ap[key], r.depth) for r in compared if key in r.ap]
-        points = [p for p in points if math.isfinite(p[1])]
-        if points:
-            xs, ys, _ = zip(*points)
-            ax.plot(xs, ys, marker="o", lw=1.8, color=f"C{i}", label=f"runs: {label} AP")
-        for xv, yv, depth in points:
-            ax.annotate(f"R-{depth}", (xv, yv), xytext=(4, 4), **small)
+    groups: dict[str, list[RunSummary]] = {}  # one line per detector, design and schedule
+    for run in compared:
+        groups.setdefault(run.group, []).append(run)
+    colours = 0
+    for group, members in groups.items():
+        for task, label in TASKS.items():
+            key = f"{task}/AP"
+            points = [(getattr(r, x), r.ap[key], r) for r in members if key in r.ap]
+            points = [p for p in points if math.isfinite(p[1])]
+            if points:
+                xs, ys, _ = zip(*points)
+                name = f"runs: {label} AP" if len(groups) == 1 else f"{group}: {label} AP"
+                ax.plot(xs, ys, marker="o", lw=1.8, color=f"C{colours}", label=name)
+                colours += 1
+            for xv, yv, run in points:
+                ax.annotate(run.backbone or f"R-{run.depth}", (xv, yv), xytext=(4, 4), **small)
 
     for g, group in enumerate(reference_groups(references)):
-        style = dict(color=f"C{g + 3}", ls=":", lw=0.8)
+        style = dict(color=f"C{(g + max(colours, 2) + 1) % 10}", ls=":", lw=0.8)
         marker = MARKERS.get(group[0].source, "D")
         ax.plot([], [], marker=marker, label=f"{group[0].source}: {group[0].group}", **style)
         for task, fill in (("bbox", style["color"]), ("segm", "none")):

@@ -1,6 +1,7 @@
 """The depth report: COCO AP, parameters and GFLOPs of Detectron2 runs by ResNet depth, and the
-gain of each over the shallowest, beside He et al. (2015)'s Table 8 and the model zoos' figures,
-as CSV, markdown and plots (the runs and references are read by :mod:`.runs`)."""
+gain of each over the shallowest, beside He et al. (2015)'s Table 8 and the model zoos' figures
+(and, for a run of a zoo checkpoint, its difference to the zoo's published AP), as CSV, markdown
+and plots (the runs and references are read by :mod:`.runs`)."""
 
 from __future__ import annotations
 
@@ -25,12 +26,15 @@ from .runs import (
     RunSummary,
     add_gains,
     load_references,
+    match_zoo,
     read_run,
     select_references,
 )
 
 logger = logging.getLogger(__name__)
 
+# COCO val2017 as Detectron2 registers it: the data the zoo's published figures are measured on.
+ZOO_DATASET = "coco_2017_val"
 FILES = {
     "csv": "depth_report.csv",
     "markdown": "depth_report.md",
@@ -50,14 +54,24 @@ class DepthReport:
     files: dict[str, Path]
 
 
-def ap_columns(runs: Iterable[RunSummary]) -> list[str]:
-    """The AP metrics of the runs, in report order (box before mask, AP before AP50)."""
+def sort_ap_keys(keys: Iterable[str]) -> list[str]:
+    """AP metric names, once each, in report order (box before mask, AP before AP50)."""
 
     def order(key: str) -> tuple:
         task, metric = key.split("/")
         return (*TASKS, task).index(task), task, AP_METRICS.index(metric)
 
-    return sorted({key for run in runs for key in run.ap}, key=order)
+    return sorted(set(keys), key=order)
+
+
+def ap_columns(runs: Iterable[RunSummary]) -> list[str]:
+    """The AP metrics of the runs, in report order (box before mask, AP before AP50)."""
+    return sort_ap_keys(key for run in runs for key in run.ap)
+
+
+def zoo_columns(runs: Iterable[RunSummary]) -> list[str]:
+    """The metrics the zoo publishes for the runs' zoo models, in report order."""
+    return sort_ap_keys(key for run in runs if run.zoo for key in run.zoo.ap)
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -69,20 +83,26 @@ def _number(value: float | None, digits: int) -> str:
 def format_csv(runs: Sequence[RunSummary]) -> str:
     """One row per run: ``run``, ``depth``, ``params``, ``gflops``, the AP columns
     (``bbox/AP``, ...), for each ``<AP>_gain`` and ``<AP>_gain_rel``, then ``status``,
-    ``iteration``, ``max_iter`` and ``run_dir``; empty cells for unknown or NaN values."""
+    ``iteration``, ``max_iter`` and ``run_dir``; empty cells for unknown or NaN values. When a
+    run evaluated a model-zoo checkpoint, then ``zoo`` (the zoo's config name) and for each
+    metric the zoo publishes ``<AP>_zoo`` (its figure) and ``<AP>_zoo_diff`` (ours minus it)."""
     columns = ap_columns(runs)
     gain_columns = [f"{c}{suffix}" for c in columns for suffix in ("_gain", "_gain_rel")]
+    zoo = [f"{c}{suffix}" for c in zoo_columns(runs) for suffix in ("_zoo", "_zoo_diff")]
     header = ["run", "depth", "params", "gflops", *columns, *gain_columns]
     header += ["status", "iteration", "max_iter", "run_dir"]
+    header += ["zoo", *zoo] if zoo else []
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for run in runs:
-        values = {**run.ap, **run.gains}
+        values = {**run.ap, **run.gains, **run.zoo_values()}
+        zoo_cells = [run.zoo.zoo if run.zoo else ""] + [_number(values.get(c), 4) for c in zoo]
         writer.writerow(
             [run.name, _number(run.depth, 0), _number(run.params, 0), _number(run.gflops, 4)]
             + [_number(values.get(c), 4) for c in columns + gain_columns]
             + [run.status, _number(run.iteration, 0), _number(run.max_iter, 0), str(run.path)]
+            + (zoo_cells if zoo else [])
         )
     return buffer.getvalue()
 
@@ -103,6 +123,17 @@ def _ap_cells(item: RunSummary | Reference, keys: Sequence[str], base: bool) -> 
         cells.append(_number(item.ap.get(key), 1))
         if key.endswith("/AP"):
             cells.append(_gain_text(item, key, base) if key in item.ap else "")
+    return cells
+
+
+def _zoo_cells(run: RunSummary, keys: Sequence[str]) -> list[str]:
+    """For each of ``keys``: the zoo's published AP and ours minus it (one decimal)."""
+    values = run.zoo_values()
+    cells = []
+    for key in keys:
+        diff = values.get(f"{key}_zoo_diff")
+        cells.append(_number(values.get(f"{key}_zoo"), 1))
+        cells.append(f"{diff:+.1f}" if diff is not None and math.isfinite(diff) else "")
     return cells
 
 
@@ -130,18 +161,30 @@ def format_markdown(
     lines += [
         f"Written {datetime.date.today().isoformat()} from {len(runs)} run directories. AP in "
         "percent (COCO AP@[.5:.95], AP50 at IoU .5); a gain is in points over the shallowest "
-        "finished and evaluated run, and relative to it in percent.\n\n## Runs\n"
+        "compared run of the same detector, design and schedule, and relative to it in "
+        "percent.\n\n## Runs\n"
     ]
     if compared:
         keys = [f"{task}/AP" for task in TASKS if any(f"{task}/AP" in r.ap for r in compared)]
+        zoo_keys = [k for k in zoo_columns(compared) if k.endswith("/AP")]
         header = ["Run", "Model", "Depth", "Params (M)", "GFLOPs", *_ap_headers(keys)]
+        for key in zoo_keys:
+            header += [f"zoo {TASKS[key.split('/')[0]]} AP", "ours - zoo"]
         rows = [
-            [f"`{r.name}`", f"{r.detector} R-{r.depth}-{r.design}", str(r.depth)]
-            + [f"{r.params / 1e6:.1f}", f"{r.gflops:.2f}", *_ap_cells(r, keys, r is base)]
+            [f"`{r.name}`", r.label, str(r.depth), f"{r.params / 1e6:.1f}", f"{r.gflops:.2f}"]
+            + _ap_cells(r, keys, r.is_base)
+            + _zoo_cells(r, zoo_keys)
             for r in compared
         ]
         lines += _table(header, rows, right_from=2) + [""]
-        lines += [f"Evaluated on {', '.join(datasets) or 'DATASETS.TEST'}; base: `{base.name}`."]
+        bases = [r for r in compared if r.is_base]
+        if len(bases) == 1:
+            based = f"base: `{bases[0].name}`"
+        else:
+            based = "bases: " + ", ".join(f"`{r.name}` ({r.group})" for r in bases)
+        lines += [f"Evaluated on {', '.join(datasets) or 'DATASETS.TEST'}; {based}."]
+        if zoo_keys:
+            lines += _zoo_note(compared)
     else:
         lines += ["No run is finished and evaluated: nothing to compare."]
     left_out = [run for run in runs if not run.compared]
@@ -169,6 +212,24 @@ def format_markdown(
     return "\n".join(lines)
 
 
+def _zoo_note(runs: Sequence[RunSummary]) -> list[str]:
+    lines = [
+        "",
+        "zoo: Detectron2's published AP of the model-zoo checkpoint a run evaluated "
+        "(`MODEL.WEIGHTS`); ours - zoo in points. On COCO val2017 (`coco_2017_val`) the zoo's "
+        "checkpoint through our backbone should match its published AP to about 0.1.",
+    ]
+    other = [r for r in runs if r.zoo and r.dataset != ZOO_DATASET]
+    if other:
+        names = ", ".join(f"`{r.name}` ({r.dataset or 'no DATASETS.TEST'})" for r in other)
+        lines += [
+            "",
+            f"Not evaluated on `{ZOO_DATASET}`: {names}; their difference to the zoo is no "
+            "measure of the backbone.",
+        ]
+    return lines
+
+
 def write_depth_report(
     run_dirs: Sequence[str | os.PathLike],
     output_dir: str | os.PathLike,
@@ -186,7 +247,8 @@ def write_depth_report(
         references_file: the published figures (:data:`REFERENCES_FILE` layout).
 
     Returns:
-        the runs read, the base of the gains, the references shown and the files written.
+        the runs read, the base of the first run's gains (:func:`.runs.add_gains`), the
+        references shown and the files written.
     """
     names = [Path(d).name for d in run_dirs]
     # Reading a run counts its detector's FLOPs: seconds each on a CPU.
@@ -197,6 +259,7 @@ def write_depth_report(
             progress.update()
     base = add_gains(runs)
     references = load_references(references_file)
+    match_zoo(runs, references)
     shown = select_references(references, runs)
     sources = {k: v for k, v in references.sources.items() if any(m.source == k for m in shown)}
     output = Path(output_dir)

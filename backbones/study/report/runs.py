@@ -4,9 +4,11 @@ A run is a Detectron2 ``OUTPUT_DIR`` as the trainer leaves it: ``config.yaml`` (
 detector, ``SOLVER.MAX_ITER``; parameters and GFLOPs from :func:`detector_complexity`),
 ``metrics.json`` (the last evaluation's ``bbox/AP``, ``segm/AP50``, ... and the last training
 iteration; ``inference/<DATASETS.TEST[0]>/coco_metrics.json`` when it has no evaluation) and
-``model_final.pth``. Runs that did not finish, have no evaluation or no readable config are
-listed with the reason, never dropped, and left out of the gains and the plots. The published
-figures are those of :data:`REFERENCES_FILE`.
+``model_final.pth``. A run with an evaluation and no training iteration is an evaluation of
+``MODEL.WEIGHTS`` (``train_net.py --eval-only``, ``tools/zoo_eval.py``). Runs that did not
+finish, have no evaluation or no readable config are listed with the reason, never dropped, and
+left out of the gains and the plots. The published figures are those of :data:`REFERENCES_FILE`;
+a run that evaluated a Detectron2 model-zoo checkpoint is matched to that model's figures.
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ PAPER_SOURCE = "he2015"
 # (bbox/AP-circle) are left out.
 TASKS = {"bbox": "box", "segm": "mask", "keypoints": "keypoint"}
 AP_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-# What read_run says of a run: only FINISHED runs (finished and evaluated) are compared.
-FINISHED, UNFINISHED = "finished", "unfinished"
+# What read_run says of a run: only FINISHED runs (trained to the end and evaluated) and EVALUATED
+# ones (an evaluation of MODEL.WEIGHTS, nothing trained) are compared.
+FINISHED, EVALUATED, UNFINISHED = "finished", "evaluated", "unfinished"
 NO_EVALUATION, NO_CONFIG = "no evaluation", "no config"
+COMPARED = (FINISHED, EVALUATED)
+# Detectron2's 1x schedule: 90k iterations at batch 16; "3x" is three times as many images.
+SCHEDULE_1X_IMAGES = 90_000 * 16
 # load_cfg options for a config.yaml left by a run: MODEL.WEIGHTS may be gone, and so may the
 # files of the COCO datasets it registered; the config dump already holds the input settings.
 READ_OPTS = ["BACKBONES.INPUT_FROM_WEIGHTS", "off", "MODEL.DEVICE", "cpu"]
@@ -47,7 +53,9 @@ class RunSummary:
 
     ``ap`` maps Detectron2's metric names (``bbox/AP``, ``segm/AP50``, ...) to the last
     evaluation's values; ``gains`` maps ``<metric>_gain`` (points) and ``<metric>_gain_rel``
-    (percent) to the gain over the shallowest finished run (:func:`add_gains`).
+    (percent) to the gain over the shallowest compared run of its :attr:`group`
+    (:func:`add_gains`); ``zoo`` is the model-zoo model whose checkpoint ``weights`` names
+    (:func:`match_zoo`).
     """
 
     name: str
@@ -64,10 +72,37 @@ class RunSummary:
     dataset: str = ""  # DATASETS.TEST[0]
     ap: dict[str, float] = field(default_factory=dict)
     gains: dict[str, float] = field(default_factory=dict)
+    backbone: str = ""  # "R-50", "X-101-32x8d"
+    schedule: str = ""  # "1x", "3x" (multiples of 90k iterations at batch 16), "100 iterations"
+    weights: str = ""  # MODEL.WEIGHTS
+    zoo: Reference | None = None  # the zoo model whose checkpoint ``weights`` is
+    is_base: bool = False  # the shallowest compared run of its group: the base of its gains
 
     @property
     def compared(self) -> bool:
-        return self.status == FINISHED
+        return self.status in COMPARED
+
+    @property
+    def group(self) -> str:
+        """Runs compared with each other, gains and plots: one detector, design and schedule."""
+        return " ".join(part for part in (self.detector, self.design, self.schedule) if part)
+
+    @property
+    def label(self) -> str:
+        """``Mask R-CNN R-50-FPN``, ``Faster R-CNN X-101-32x8d-FPN 3x`` (a zoo schedule)."""
+        backbone = self.backbone or f"R-{self.depth}"
+        schedule = f" {self.schedule}" if self.schedule.endswith("x") else ""
+        return f"{self.detector} {backbone}-{self.design}{schedule}"
+
+    def zoo_values(self) -> dict[str, float]:
+        """``<metric>_zoo`` (the zoo's published AP) and ``<metric>_zoo_diff`` (ours minus
+        published, points; NaN where the run lacks it) for each metric the zoo publishes; empty
+        without a zoo model."""
+        out = {}
+        for key, published in self.zoo.ap.items() if self.zoo else ():
+            out[f"{key}_zoo"] = published
+            out[f"{key}_zoo_diff"] = self.ap.get(key, math.nan) - published
+        return out
 
 
 @dataclass
@@ -84,6 +119,7 @@ class Reference:
     ap: dict[str, float]
     gains: dict[str, float] = field(default_factory=dict)  # over the group's shallowest
     is_base: bool = False  # the group's shallowest, in a group of two or more
+    zoo: str = ""  # Detectron2's model-zoo config name, e.g. COCO-Detection/..._3x.yaml
 
     @property
     def label(self) -> str:
@@ -123,6 +159,22 @@ def detector_kind(cfg: CfgNode) -> tuple[str, str]:
     if "fpn" in cfg.MODEL.BACKBONE.NAME:
         return detector, "FPN"
     return detector, "DC5" if cfg.MODEL.RESNETS.RES5_DILATION == 2 else "C4"
+
+
+def backbone_name(cfg: CfgNode) -> str:
+    """``R-<depth>``, or ``X-<depth>-<groups>x<width>d`` for a ResNeXt."""
+    resnets = cfg.MODEL.RESNETS
+    if resnets.NUM_GROUPS > 1:
+        return f"X-{resnets.DEPTH}-{resnets.NUM_GROUPS}x{resnets.WIDTH_PER_GROUP}d"
+    return f"R-{resnets.DEPTH}"
+
+
+def schedule_name(max_iter: int, ims_per_batch: int) -> str:
+    """``"1x"``, ``"3x"``, ... for whole multiples of Detectron2's 1x schedule (90k iterations
+    at batch 16, in images: batch 2 for 720k iterations is 1x too), else ``"<max_iter>
+    iterations"``."""
+    times, rest = divmod(max_iter * ims_per_batch, SCHEDULE_1X_IMAGES)
+    return f"{times}x" if times and not rest else f"{max_iter} iterations"
 
 
 _COMPLEXITY: dict[str, dict[str, Any]] = {}  # by config dump: runs of one config count once
@@ -168,6 +220,8 @@ def read_run(run_dir: str | os.PathLike, *, name: str | None = None) -> RunSumma
         return run
     run.depth, run.max_iter = cfg.MODEL.RESNETS.DEPTH, cfg.SOLVER.MAX_ITER
     run.detector, run.design = detector_kind(cfg)
+    run.backbone, run.weights = backbone_name(cfg), cfg.MODEL.WEIGHTS
+    run.schedule = schedule_name(cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH)
     run.dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else ""
     complexity = _complexity(cfg)
     run.params, run.gflops = complexity["params"], complexity["gflops"]
@@ -180,7 +234,9 @@ def read_run(run_dir: str | os.PathLike, *, name: str | None = None) -> RunSumma
     run.ap = next((ap for ap in reversed(evaluations) if ap), None)
     run.ap = run.ap or _coco_metrics_ap(path, run.dataset)
     final = (path / "model_final.pth").is_file()
-    if not final and (run.iteration is None or run.iteration < run.max_iter - 1):
+    if not final and run.iteration is None and run.ap:
+        run.status = EVALUATED  # train_net.py --eval-only: MODEL.WEIGHTS, nothing trained here
+    elif not final and (run.iteration is None or run.iteration < run.max_iter - 1):
         run.status = UNFINISHED
         done = "no training iteration" if run.iteration is None else f"iteration {run.iteration}"
         run.reason = f"unfinished: {done} of SOLVER.MAX_ITER {run.max_iter}, no model_final.pth"
@@ -205,15 +261,49 @@ def gains(ap: Mapping[str, float], base: Mapping[str, float]) -> dict[str, float
 
 
 def add_gains(runs: Sequence[RunSummary]) -> RunSummary | None:
-    """Fill ``gains`` of the compared runs, over the shallowest of them (the first given among
-    equal depths). Returns that base run, or None when no run is compared."""
-    compared = [run for run in runs if run.compared]
-    if not compared:
-        return None
-    base = min(compared, key=lambda run: run.depth)  # min keeps the first of equals
-    for run in compared:
-        run.gains = gains(run.ap, base.ap)
-    return base
+    """Fill ``gains`` of the compared runs, each over the shallowest compared run of its
+    :attr:`~RunSummary.group` (same detector, design and schedule; the first given among equal
+    depths), and set ``is_base`` on those bases.
+
+    Returns:
+        the base of the first run's group, or None when no run is compared.
+    """
+    groups: dict[str, list[RunSummary]] = {}
+    for run in runs:
+        if run.compared:
+            groups.setdefault(run.group, []).append(run)
+    bases = []
+    for members in groups.values():
+        base = min(members, key=lambda run: run.depth)  # min keeps the first of equals
+        base.is_base = True
+        for run in members:
+            run.gains = gains(run.ap, base.ap)
+        bases.append(base)
+    return bases[0] if bases else None
+
+
+def zoo_checkpoint(name: str) -> str:
+    """The address of a model-zoo checkpoint below Detectron2's store, as every spelling of it
+    ends (``https://dl.fbaipublicfiles.com/detectron2/``, ``detectron2://``, a cached copy):
+    ``COCO-Detection/faster_rcnn_R_50_FPN_1x/137257794/model_final_b275ba.pkl``.
+
+    Raises:
+        RuntimeError: ``name`` has no checkpoint in Detectron2's model zoo.
+    """
+    from detectron2 import model_zoo
+
+    url = model_zoo.get_checkpoint_url(name)
+    stem = name.rsplit(".", 1)[0]
+    return url[url.rindex(stem) :]
+
+
+def match_zoo(runs: Iterable[RunSummary], references: References) -> None:
+    """Set ``zoo`` of each run whose ``MODEL.WEIGHTS`` is the checkpoint of a reference model
+    with a ``zoo`` name (under any spelling of its address, or a local copy of that path)."""
+    checkpoints = {zoo_checkpoint(m.zoo): m for m in references.models if m.zoo}
+    for run in runs:
+        matches = (m for c, m in checkpoints.items() if f"/{run.weights}".endswith(f"/{c}"))
+        run.zoo = next(matches, None)
 
 
 def load_references(path: str | os.PathLike = REFERENCES_FILE) -> References:
@@ -222,7 +312,8 @@ def load_references(path: str | os.PathLike = REFERENCES_FILE) -> References:
     detector, design and schedule), where the group has two models or more.
 
     Raises:
-        ValueError: a model naming an unknown source, or lacking a field (naming the entry).
+        ValueError: a model naming an unknown source, lacking a field, or naming a ``zoo``
+            model without a checkpoint (naming the entry).
     """
     data = yaml.safe_load(Path(path).read_text())
     sources, models = data["sources"], []
@@ -234,9 +325,19 @@ def load_references(path: str | os.PathLike = REFERENCES_FILE) -> References:
                 f"{path}: models[{index}]: missing {missing} or unknown source "
                 f"{entry.get('source')!r} (sources: {', '.join(sources)})"
             )
+        zoo = entry.get("zoo", "")
+        if zoo:
+            try:
+                zoo_checkpoint(zoo)
+            except RuntimeError:
+                raise ValueError(
+                    f"{path}: models[{index}]: zoo {zoo!r} has no checkpoint in Detectron2's "
+                    "model zoo (detectron2.model_zoo.get_checkpoint_url); give a config name "
+                    "such as COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
+                ) from None
         group = entry.get("group") or "{detector} {design} {schedule}".format(**entry)
         ap = {k: float(v) for k, v in entry.items() if ap_values({k: v})}
-        models.append(Reference(**{f: entry[f] for f in fields}, group=group, ap=ap))
+        models.append(Reference(**{f: entry[f] for f in fields}, group=group, ap=ap, zoo=zoo))
     for group in reference_groups(models):
         if len(group) > 1:
             base = min(group, key=lambda m: m.depth)
