@@ -1,6 +1,7 @@
 # `make demo`: train + evaluate Mask R-CNN on the embedded shapes data (CPU, ~10 min).
 # `make test`: the whole test suite (end-to-end runs included). Both set up .venv first.
-# `make lint`: black, isort and ruff checks (pyproject.toml); `make format` applies black and isort.
+# `make lint`: black, isort and ruff checks (pyproject.toml), then dev/check_policies.py (the
+# project's rules besides style); `make format` applies black and isort.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 READY := $(VENV)/.backbones-ready
@@ -43,10 +44,14 @@ LINTERS := $(VENV)/.backbones-linters
 $(LINTERS): $(READY)
 	$(PYTHON) -m pip install -q "black>=24" "isort>=5.13" "ruff>=0.5" && touch $@
 
+# Then the project's rules besides style (dev/check_policies.py, docs/tests.md): import layers,
+# module size, the README's size and links, no test counts in the docs, the design tree,
+# named files and relative links.
 lint: $(LINTERS)
 	$(VENV)/bin/black --check $(LINT_PATHS)
 	$(VENV)/bin/isort --check-only $(LINT_PATHS)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(PYTHON) dev/check_policies.py
 
 format: $(LINTERS)
 	$(VENV)/bin/isort $(LINT_PATHS)

@@ -1,10 +1,11 @@
 """Shared test helpers: configs for both backbones, weight randomisation, small COCO-format
-datasets on disk and loading a script as a module."""
+datasets on disk and loading a script (a tool, a dev/ script) as a module."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -18,6 +19,7 @@ from torch import nn
 
 from backbones import load_cfg
 
+ROOT = Path(__file__).resolve().parents[1]
 FPN_FEATURES = ["res2", "res3", "res4", "res5"]
 
 
@@ -132,3 +134,13 @@ def write_coco_split(
         edit(coco)
     json_file.write_text(json.dumps(coco))
     return coco
+
+
+def load_dev_script(name: str) -> ModuleType:
+    """``dev/<name>.py`` imported as module ``name``, registered in ``sys.modules`` (its
+    dataclasses look their module up there)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "dev" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

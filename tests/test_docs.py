@@ -1,9 +1,11 @@
 """The README and ``docs/*.md`` as a reader meets them: every Python block runs as written on a
-CPU-only machine, every relative link resolves, and the README stays the front door.
+CPU-only machine, and a block that cannot says why.
 
 A Python block preceded by ``<!-- not run: REASON -->`` is not run (and not collected); the reason
 must be given. The blocks of one page run in order in one fresh interpreter, so later blocks use
-the names of earlier ones; a failure names the page and the line of the failing block.
+the names of earlier ones; a failure names the page and the line of the failing block. The rules
+for the pages' text (links, named files, the design tree, the README's size, no test counts) are
+checked by ``make lint`` (dev/check_policies.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "datasets" / "README.md"]
-# Detectron2's README is 2.5 KB; ours holds what it is, the two commands, a quick start and a map.
-README_LIMIT = 12 * 1024
 # Pages whose blocks take long enough to run only with the slow tests.
 # ONNX export and two torchvision detectors: about 15 s on one core.
 SLOW_PAGES = {"docs/export.md"}
@@ -30,15 +29,6 @@ SLOW_PAGES = {"docs/export.md"}
 FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w+-]*)\s*$")
 NOT_RUN = re.compile(r"^\s*<!--\s*not run:(?P<reason>.*?)-->\s*$")
 MARKER_LIKE = re.compile(r"<!--\s*not[ -]run", re.I)
-LINK = re.compile(r"!?\[[^\]]*\]\((?P<target>[^)\s]+)(?:\s+\"[^\"]*\")?\)")
-HEADING = re.compile(r"^#{1,6}\s+(?P<text>.+?)\s*#*\s*$")
-# "311 tests", "18 slow end-to-end tests": counts that go stale at every commit.
-# Files of the checkout named in the pages (prose and code blocks) must exist.
-REPO_PATH = re.compile(
-    r"(?<![\w./-])((?:backbones|tools|configs|datasets|tests|docs)/[\w./-]*\w\.(?:py|yaml|md))\b"
-)
-TEST_FILE = re.compile(r"(?<![\w./-])(test_\w+\.py)\b")
-TEST_COUNT = re.compile(r"\b\d[\d,]*\s+(?:[\w-]+\s+){0,3}tests?\b", re.I)
 
 
 @dataclass
@@ -54,11 +44,10 @@ def rel(path: Path) -> str:
     return path.relative_to(ROOT).as_posix()
 
 
-def parse(path: Path) -> tuple[list[Block], list[str], list[tuple[int, str]]]:
-    """The fenced blocks of a page, the problems with its markers, and its prose lines
-    (outside fences) with their line numbers."""
+def parse(path: Path) -> tuple[list[Block], list[str]]:
+    """The fenced blocks of a page and the problems with its markers."""
     lines = path.read_text(encoding="utf-8").splitlines()
-    blocks, problems, prose = [], [], []
+    blocks, problems = [], []
     pending: tuple[int, str] | None = None  # a marker waiting for its block
     i = 0
     while i < len(lines):
@@ -76,7 +65,6 @@ def parse(path: Path) -> tuple[list[Block], list[str], list[tuple[int, str]]]:
             elif lines[i].strip() and pending is not None:
                 problems.append(f"{rel(path)}:{pending[0]}: marker not followed by a Python block")
                 pending = None
-            prose.append((i + 1, lines[i]))
             i += 1
             continue
         indent, lang, start = len(fence.group("indent")), fence.group("lang"), i + 1
@@ -101,7 +89,7 @@ def parse(path: Path) -> tuple[list[Block], list[str], list[tuple[int, str]]]:
         blocks.append(Block(rel(path), start + 1, lang, "\n".join(body) + "\n", reason))
     if pending is not None:
         problems.append(f"{rel(path)}:{pending[0]}: marker at the end of the page")
-    return blocks, problems, prose
+    return blocks, problems
 
 
 PARSED = {rel(page): parse(page) for page in PAGES}
@@ -158,8 +146,8 @@ def test_python_blocks_run_as_written(page, tmp_path):
 
 
 def test_not_run_markers_give_a_reason_and_precede_a_python_block():
-    problems = [p for _, found, _ in PARSED.values() for p in found]
-    for page, (blocks, _, _) in PARSED.items():
+    problems = [p for _, found in PARSED.values() for p in found]
+    for page, (blocks, _) in PARSED.items():
         for block in blocks:
             if block.not_run is not None and not block.not_run:
                 problems.append(f"{page}:{block.line}: <!-- not run: --> gives no reason")
@@ -170,103 +158,3 @@ def test_every_page_has_python_that_runs_or_says_why_not():
     # Guards the parser: a page with Python blocks at all has them found.
     total = sum(len(runnable(p)) for p in PARSED)
     assert total >= 10, f"only {total} runnable Python blocks found in {list(PARSED)}"
-
-
-def _slugs(path: Path) -> set[str]:
-    """GitHub's heading anchors of a page."""
-    seen: Counter[str] = Counter()
-    slugs = set()
-    for _, line in PARSED[rel(path)][2]:
-        heading = HEADING.match(line)
-        if heading is None:
-            continue
-        text = re.sub(r"`|\[([^\]]*)\]\([^)]*\)", r"\1", heading.group("text").lower())
-        slug = re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
-        slugs.add(slug if not seen[slug] else f"{slug}-{seen[slug]}")
-        seen[slug] += 1
-    return slugs
-
-
-def test_relative_links_resolve():
-    broken = []
-    for page, (_, _, prose) in PARSED.items():
-        here = (ROOT / page).parent
-        for number, line in prose:
-            for link in LINK.finditer(re.sub(r"`[^`]*`", "", line)):
-                target = link.group("target")
-                if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:, ...
-                    continue
-                file, _, anchor = target.partition("#")
-                path = (here / file).resolve() if file else ROOT / page
-                if not path.exists():
-                    broken.append(f"{page}:{number}: {target} (no such file)")
-                elif anchor and path.suffix == ".md" and anchor not in _slugs(path):
-                    broken.append(f"{page}:{number}: {target} (no heading #{anchor})")
-    assert not broken, "\n".join(broken)
-
-
-def test_readme_is_the_front_door():
-    readme = ROOT / "README.md"
-    size = readme.stat().st_size
-    assert size <= README_LIMIT, f"README.md is {size} bytes; move reference material to docs/"
-    text = readme.read_text(encoding="utf-8")
-    unlinked = [rel(p) for p in PAGES[1:] if f"]({rel(p)}" not in text]
-    assert not unlinked, f"README.md does not link {unlinked}"
-
-
-def test_no_test_counts_in_prose():
-    # They go stale at every commit; say what is tested and how long a run takes instead.
-    found = [
-        f"{page}:{number}: {m.group(0)!r}"
-        for page, (_, _, prose) in PARSED.items()
-        for number, line in prose
-        for m in TEST_COUNT.finditer(line)
-    ]
-    assert not found, "\n".join(found)
-
-
-def test_named_files_exist():
-    missing = []
-    for page in PARSED:
-        text = (ROOT / page).read_text(encoding="utf-8")
-        for number, line in enumerate(text.splitlines(), start=1):
-            for m in REPO_PATH.finditer(line):
-                if not (ROOT / m.group(1)).exists():
-                    missing.append(f"{page}:{number}: {m.group(1)}")
-            for m in TEST_FILE.finditer(line):
-                if not (ROOT / "tests" / m.group(1)).exists():
-                    missing.append(f"{page}:{number}: tests/{m.group(1)}")
-    assert not missing, "\n".join(missing)
-
-
-def _tree_paths(block: Block) -> set[str]:
-    """The files of an indented tree (``name/`` opens a folder), as paths."""
-    paths, folders = set(), []  # (indent, name) of the open folders
-    for line in block.code.splitlines():
-        entry = re.match(r"^(\s*)(\S+)", line)
-        if entry is None:
-            continue
-        indent, name = len(entry.group(1)), entry.group(2)
-        while folders and folders[-1][0] >= indent:
-            folders.pop()
-        if name.endswith("/"):
-            folders.append((indent, name.rstrip("/")))
-        elif name.endswith(".py"):
-            paths.add("/".join([f for _, f in folders] + [name]))
-    return paths
-
-
-def test_design_tree_lists_every_module():
-    # docs/design.md gives one line per module; a module added, moved or removed shows here.
-    blocks, _, _ = PARSED["docs/design.md"]
-    listed = _tree_paths(next(b for b in blocks if b.lang == "text"))
-    # A subpackage's __init__.py (its re-exports) is its folder's line.
-    actual = {
-        rel(p)
-        for folder in ("backbones", "tools", "dev")
-        for p in (ROOT / folder).rglob("*.py")
-        if p.name != "__init__.py" or p.parent == ROOT / "backbones"
-    }
-    unlisted, gone = sorted(actual - listed), sorted(listed - actual)
-    assert not unlisted, f"not in the tree of docs/design.md: {unlisted}"
-    assert not gone, f"in the tree of docs/design.md but not in the checkout: {gone}"

@@ -1,6 +1,7 @@
-"""A training that survives: killed with SIGKILL and resumed, it ends with the uninterrupted
-run's weights (data-loader workers on, a corrupt latest checkpoint skipped); 2 processes x batch
-1 end where 1 process x batch 2 does; a diverging loss stops every process with one message.
+"""A training that survives: killed with SIGKILL at a known iteration and resumed, it ends with
+the uninterrupted run's weights (data-loader workers on, a corrupt latest checkpoint skipped);
+2 processes x batch 1 end where 1 process x batch 2 does; a diverging loss stops every process
+with one message.
 
 Each run is ``tools/train_net.py`` in a fresh Python on the tiny shapes sets of
 tests/test_train_net_e2e.py (R-18-FPN, 128 px, 8 training images).
@@ -68,25 +69,26 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.double() for k, v in state.items() if v.is_floating_point()}
 
 
-def kill_when(data, tmp_path: Path, output: Path, options: list[str], file: str, *flags: str):
-    """Start a training and SIGKILL it (and its workers) once ``output/file`` exists."""
-    proc = subprocess.Popen(
-        command(data, output, options, *flags),
+def kill_after(data, tmp_path: Path, output: Path, options: list[str], iteration: int, *flags):
+    """Train until ``iteration`` is done, then SIGKILL the training and its data-loader workers
+    (tests/kill_at_iteration.py: a hook, so the same iteration on any machine)."""
+    command_line = command(data, output, options, *flags)
+    command_line[1:2] = [str(ROOT / "tests" / "kill_at_iteration.py"), str(iteration)]
+    proc = subprocess.run(
+        command_line,
         env=environment(tmp_path),
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,  # the kill reaches its process group, not pytest
     )
-    deadline = time.monotonic() + 300
-    while not (output / file).exists():
-        assert proc.poll() is None, f"the training ended before writing {file}"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    time.sleep(0.3)  # somewhere inside the next iterations
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (output / "model_final.pth").exists(), "killed too late: the run had finished"
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert f"killing the training after iteration {iteration}" in proc.stdout
+
+
+def checkpoints(output: Path) -> list[str]:
+    return sorted(p.name for p in output.glob("model_*.pth"))
 
 
 def test_killed_runs_resume_to_the_uninterrupted_weights(tiny_data, tmp_path):
@@ -95,9 +97,13 @@ def test_killed_runs_resume_to_the_uninterrupted_weights(tiny_data, tmp_path):
     assert train(tiny_data, tmp_path, whole, options).returncode == 0
     expected = weights(whole / "model_final.pth")
 
+    # Killed one iteration past each checkpoint (with the data-loader workers ahead of it):
+    # the resumed runs redo iterations 4 and 8 from the checkpoints alone.
     parts = tmp_path / "parts"
-    kill_when(tiny_data, tmp_path, parts, options, "model_0000003.pth")
-    kill_when(tiny_data, tmp_path, parts, options, "model_0000007.pth", "--resume")
+    kill_after(tiny_data, tmp_path, parts, options, 4)
+    assert checkpoints(parts) == ["model_0000003.pth"]
+    kill_after(tiny_data, tmp_path, parts, options, 8, "--resume")
+    assert checkpoints(parts) == ["model_0000003.pth", "model_0000007.pth"]
     # The newest checkpoint is damaged: the resume names it and goes back to the one before.
     latest = parts / "model_0000007.pth"
     latest.write_bytes(latest.read_bytes()[:1000])
