@@ -348,6 +348,18 @@ def test_resuming_with_another_net_is_refused(tmp_path, synthetic_root):
         pretrain(other)
 
 
+def test_resuming_a_folder_of_the_earlier_format_is_refused_and_keeps_it(tmp_path, synthetic_root):
+    from backbones.study.pretrain.run import ResumeError
+
+    run = tiny_run(tmp_path, synthetic_root, max_iter=2)
+    run.resume = True
+    earlier = Path(run.output_dir) / "checkpoint.pth"
+    earlier.write_bytes(b"an earlier run's checkpoint")
+    with pytest.raises(ResumeError, match="earlier pretraining format"):
+        pretrain(run)
+    assert earlier.read_bytes() == b"an earlier run's checkpoint"
+
+
 def test_the_classifier_returns_a_loss_dict_and_saves_resnet_names():
     from detectron2.utils.events import EventStorage
 

@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 # The mistakes of a pretraining's options and data: one error line, exit status 2.
 USAGE_ERRORS = (BackboneOptionError, ClassificationDataError, ResumeError)
+# The single checkpoint of the pretraining tools before they ran on the engine's Trainer.
+EARLIER_FORMAT = "checkpoint.pth"
 # Periodic checkpoints kept (the final one besides): the newest, and one before it in case the
 # newest is damaged (the checkpointer resumes past it).
 CHECKPOINTS_KEPT = 2
@@ -309,6 +311,12 @@ def pretrain(
             return done
         if (output / LAST).is_file():  # a checkpoint to continue: the same settings
             check_resumable(cfg)
+        elif (output / EARLIER_FORMAT).is_file():
+            raise ResumeError(
+                f"{output / EARLIER_FORMAT} is a checkpoint of the earlier pretraining format "
+                "(before 2026-12-07), which this version cannot resume; start anew without "
+                "--resume, or in another output folder to keep it"
+            )
     else:
         _start_anew(output)
     output.mkdir(parents=True, exist_ok=True)
