@@ -83,7 +83,7 @@ class Classifier(nn.Module):
     head reported unused), and resumes into the classifier.
 
     Args:
-        backbone: the ResNet, with ``res5`` among its outputs.
+        backbone: the ResNet; its last output feature (``res5``) is pooled.
         num_classes: the linear layer's outputs.
         pixel_mean, pixel_std: per channel, BGR, on 0-255 pixels.
         label_smoothing: of the training loss (Szegedy et al., 2016); 0 for none.
@@ -103,7 +103,9 @@ class Classifier(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.fc = nn.Linear(backbone.output_shape()["res5"].channels, num_classes)
+        # The deepest feature the backbone returns: res5 of an ImageNet ResNet, res4 of a CIFAR one.
+        self.feature = backbone._out_features[-1]
+        self.fc = nn.Linear(backbone.output_shape()[self.feature].channels, num_classes)
         self.label_smoothing = label_smoothing
         self.architecture = dict(architecture or {})
         # Not in the state dict: the checkpoints record them as input settings instead.
@@ -126,7 +128,7 @@ class Classifier(nn.Module):
         images, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)
         device = self.pixel_mean.device
         x = (images.to(device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
-        logits = self.fc(torch.flatten(self.backbone(x)["res5"].mean(dim=(2, 3)), 1))
+        logits = self.fc(torch.flatten(self.backbone(x)[self.feature].mean(dim=(2, 3)), 1))
         if not self.training:
             return logits
         if labels is None:
