@@ -126,10 +126,24 @@ def test_cli_detector_row_has_backbone_and_heads(tmp_path, capsys):
     assert float(row["gflops"]) == pytest.approx(total)
 
 
+def test_cli_counts_thin_resnets(capsys):
+    tool = load_script(ROOT / "tools" / "analyze_model.py", "analyze_model")
+    assert tool.main(["--depths", "18", "50", "--width", "16", "--size", "32", "32"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:2] == ["depth", "width"] and "paper" not in out
+    thin = resnet_complexity(18, size=(32, 32), classifier=False, width=16)
+    assert (
+        f"{thin['params']:,}" in out
+        and thin["params"] < resnet_complexity(18, size=(32, 32), classifier=False)["params"] / 10
+    )
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         ([], "one of the arguments --config-file --depths is required"),
+        (["--depths", "18", "--width", "0"], "--width must be positive"),
+        (["--config-file", "configs/frcnn_r50.yaml", "--width", "16"], "--depths only"),
         (["--depths", "18", "--classifier", "MODEL.RESNETS.DEPTH", "34"], "--config-file only"),
         (["--config-file", "configs/frcnn_r50.yaml", "--classifier"], "--depths only"),
         (["--depths", "17"], "invalid choice"),

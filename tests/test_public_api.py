@@ -38,7 +38,8 @@ SIGNATURES = {
     "make_resnet": (
         "(depth=None, *, stage_blocks=None, block_type=None, in_channels=None, num_groups=None, "
         "width_per_group=None, stem_type=None, stem_width=None, stem_out_channels=None, "
-        "res2_out_channels=None, stride_in_1x1=None, res5_dilation=1, output_stride=None, "
+        "res2_out_channels=None, width=None, stride_in_1x1=None, res5_dilation=1, "
+        "output_stride=None, "
         "norm='FrozenBN', out_features=('res2', 'res3', 'res4', 'res5'), freeze_at=0, "
         "memory_format='channels_last', zero_init_residual=False, avg_down=None, residual=None, "
         "drop_path_rate=0.0, grad_checkpointing=False, "

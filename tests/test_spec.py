@@ -149,3 +149,66 @@ def test_the_registered_builders_build_the_same_spec_as_make_resnet():
         avg_down=True,
     ).spec
     assert resnet.spec == fpn.bottom_up.spec == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# width: thinner (or wider) ResNets in one number
+
+
+@pytest.mark.parametrize(
+    "depth, res2, inner", [(18, 16, 64), (34, 16, 64), (50, 64, 16), (101, 64, 16)]
+)
+def test_width_scales_the_stem_res2_and_the_bottleneck_together(depth, res2, inner):
+    model = make_resnet(depth, width=16, norm="BN", memory_format="contiguous")
+    spec = model.spec  # basic blocks have no inner width: width_per_group keeps its default
+    assert (spec.stem_out_channels, spec.res2_out_channels, spec.width_per_group) == (
+        16,
+        res2,
+        inner,
+    )
+    assert model.output_shape()["res5"].channels == res2 * 8
+    same = make_resnet(
+        depth,
+        norm="BN",
+        stem_out_channels=16,
+        res2_out_channels=res2,
+        width_per_group=inner,
+        memory_format="contiguous",
+    )
+    assert same.spec == spec
+    assert model(torch.randn(1, 3, 64, 64))["res5"].shape == (1, res2 * 8, 2, 2)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_width_64_is_the_papers_resnet(depth):
+    assert make_resnet(depth, width=64, norm="BN").spec == make_resnet(depth, norm="BN").spec
+
+
+def test_an_fpn_takes_the_width_too():
+    fpn = make_resnet_fpn(18, width=16, norm="BN", out_channels=32)
+    assert fpn.bottom_up.spec.res2_out_channels == 16
+    assert fpn(torch.randn(1, 3, 64, 64))["p2"].shape == (1, 32, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "options, reason",
+    [
+        (dict(depth=18, width=0), "a positive integer"),
+        (dict(depth=18, width=16, stem_out_channels=8), "stem_out_channels is given too"),
+        (dict(depth=50, width=16, num_groups=32), "a ResNeXt takes width_per_group"),
+    ],
+)
+def test_width_refuses_what_it_cannot_mean(options, reason):
+    with pytest.raises(BackboneOptionError, match=reason) as error:
+        make_resnet(**options, norm="BN")
+    assert error.value.option == "width"
+
+
+def test_a_config_may_thin_a_basic_resnet_but_not_forget_its_width():
+    thin = make_cfg(DEPTH=18, STEM_OUT_CHANNELS=16, RES2_OUT_CHANNELS=16)
+    model = backbones_build_resnet_backbone(thin, ShapeSpec(channels=3))
+    assert model.spec == make_resnet(18, width=16, norm="FrozenBN").spec
+    # Detectron2's rule stays for the paper's stem: R-18 with a bottleneck's 256 is a mistake.
+    forgot = make_cfg(DEPTH=18, RES2_OUT_CHANNELS=256)
+    with pytest.raises(BackboneOptionError, match="MODEL.RESNETS.RES2_OUT_CHANNELS"):
+        backbones_build_resnet_backbone(forgot, ShapeSpec(channels=3))

@@ -7,6 +7,7 @@ detector of a config at its test size, backbone and heads apart (``--config-file
 ``KEY VALUE`` overrides). Prints a table; ``--csv PATH`` also writes it. Examples::
 
     tools/analyze_model.py --depths 18 34 50 101 152 --size 224 224 --classifier
+    tools/analyze_model.py --depths 18 34 50 101 --width 16 --size 32 32
     tools/analyze_model.py --config-file configs/frcnn_r50.yaml --csv frcnn_r50.csv
     tools/analyze_model.py --config-file configs/mrcnn_r50.yaml MODEL.RESNETS.DEPTH 101
 
@@ -54,6 +55,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--classifier", action="store_true", help="with --depths: add the 1000-way classifier"
     )
+    parser.add_argument(
+        "--width",
+        type=int,
+        metavar="W",
+        help="with --depths: a thinner or wider ResNet (make_resnet's width; 64 is the paper's)",
+    )
     parser.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="with --config-file: KEY VALUE config overrides"
@@ -61,20 +68,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.depths is not None and args.opts:
         parser.error("KEY VALUE overrides apply to --config-file only")
-    if args.config_file is not None and args.classifier:
-        parser.error("--classifier applies to --depths only")
+    if args.config_file is not None and (args.classifier or args.width is not None):
+        parser.error("--classifier and --width apply to --depths only")
+    if args.width is not None and args.width <= 0:
+        parser.error(f"--width must be positive, got {args.width}")
     if args.size is not None and min(args.size) <= 0:
         parser.error(f"--size must be positive, got {args.size[0]} {args.size[1]}")
     return args
 
 
-def resnet_rows(depths: Sequence[int], size: tuple[int, int], classifier: bool) -> list[dict]:
-    """One row per depth; with the paper's figure and our difference to it where comparable."""
-    compare = classifier and size == PAPER_SIZE
+def resnet_rows(
+    depths: Sequence[int], size: tuple[int, int], classifier: bool, width: int | None = None
+) -> list[dict]:
+    """One row per depth; with the paper's figure and our difference to it where comparable
+    (the paper's width, with the classifier, at 224x224)."""
+    compare = classifier and size == PAPER_SIZE and width in (None, 64)
+    options = {} if width is None else {"width": width}
     rows = []
     for depth in depths:
         print(f"R-{depth}: counting at {size[0]}x{size[1]}...", file=sys.stderr, flush=True)
-        row = resnet_complexity(depth, size=size, classifier=classifier)
+        row = resnet_complexity(depth, size=size, classifier=classifier, **options)
+        if width is not None:
+            row = {"depth": row.pop("depth"), "width": width, **row}
         if compare and depth in PAPER_GFLOPS:
             paper = PAPER_GFLOPS[depth]
             row.update(paper_gflops=paper, paper_difference=row["gflops"] / paper - 1)
@@ -97,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     size = tuple(args.size) if args.size is not None else None
     if args.depths is not None:
-        rows = resnet_rows(args.depths, size or PAPER_SIZE, args.classifier)
+        rows = resnet_rows(args.depths, size or PAPER_SIZE, args.classifier, args.width)
     else:
         rows = [detector_row(args.config_file, args.opts, size)]
     print(format_table(rows))

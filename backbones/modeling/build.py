@@ -99,7 +99,10 @@ def build_resnet_from_cfg(
         required = BLOCK_TYPES[spec.block_type].config_res2_out_channels
         if required is not None:  # Detectron2's R18/R34 rule: the default 256 is a bottleneck's
             which = f"depth {spec.depth}" if spec.depth else f"block type {spec.block_type!r}"
-            check_choice("res2_out_channels", spec.res2_out_channels, (required,), which)
+            # A thinner or wider net on purpose (STEM_OUT_CHANNELS changed) may have res2 as
+            # wide as its stem, as make_resnet(width=...) builds it.
+            allowed = sorted({required, spec.stem_out_channels})
+            check_choice("res2_out_channels", spec.res2_out_channels, allowed, which)
         return build_resnet(
             spec,
             norm=r.NORM,

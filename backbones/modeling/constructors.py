@@ -153,6 +153,7 @@ def make_resnet(
     stem_width: int | None = None,
     stem_out_channels: int | None = None,
     res2_out_channels: int | None = None,
+    width: int | None = None,
     stride_in_1x1: bool | None = None,
     res5_dilation: int = 1,
     output_stride: int | None = None,
@@ -193,6 +194,9 @@ def make_resnet(
         stem_out_channels: channels of the stem.
         res2_out_channels: output channels of res2 (doubled at each stage); default 64 for basic
             blocks, 256 for bottlenecks.
+        width: a thinner or wider ResNet in one number, 64 being the paper's: the stem's output,
+            res2's (x4 for bottlenecks) and the bottleneck's inner width, scaled together (e.g.
+            16 for a quarter-width R-18 for CPU studies); not with the options it sets.
         stride_in_1x1: put the stage stride in the first 1x1 conv (MSRA/Caffe2 weights) rather
             than in the 3x3 (torchvision weights). Bottleneck depths only.
         res5_dilation: 1, or 2 for a stride-16 res5 with dilated 3x3 convs (Detectron2's DC5).
@@ -229,8 +233,10 @@ def make_resnet(
     if weights is not None and not isinstance(weights, Weights):
         weights = read_weights(weights)
     architecture = {name: options.pop(name) for name in SPEC_FIELDS}
-    del options["weights"], options["res5_dilation"]
-    spec = ResNetSpec.from_weights(weights, res5_dilation=res5_dilation, **architecture)
+    del options["weights"], options["res5_dilation"], options["width"]
+    spec = ResNetSpec.from_weights(
+        weights, res5_dilation=res5_dilation, width=width, **architecture
+    )
     model = build_resnet(spec, **options)  # the build options: norm, out_features, ...
     if weights is None:
         warn_untrained(norm, freeze_at, caller="make_resnet")

@@ -235,8 +235,9 @@ def make_resnet_fpn(
         name: resnet_options.pop(name) for name in SPEC_FIELDS if name in resnet_options
     }
     res5_dilation = resnet_options.pop("res5_dilation", 1)
+    width = resnet_options.pop("width", None)
     spec = ResNetSpec.from_weights(
-        weights, res5_dilation=res5_dilation, depth=depth, **architecture
+        weights, res5_dilation=res5_dilation, width=width, depth=depth, **architecture
     )
     bottom_up = build_resnet(spec, out_features=tuple(in_features), **resnet_options)
     fpn = build_fpn(bottom_up, in_features, out_channels, fpn_norm, fuse_type, top_block)

@@ -196,7 +196,12 @@ class ResNetSpec:
 
     @classmethod
     def from_weights(
-        cls, weights: Weights | None = None, *, res5_dilation: int = 1, **options: Any
+        cls,
+        weights: Weights | None = None,
+        *,
+        res5_dilation: int = 1,
+        width: int | None = None,
+        **options: Any,
     ) -> ResNetSpec:
         """The one resolution of a ResNet's architecture: each option as the caller gives it
         (None: not given), else what ``weights`` shows (its architecture, and the stride
@@ -206,6 +211,9 @@ class ResNetSpec:
             weights: a file read with :func:`~backbones.read_weights`, or None.
             res5_dilation: Detectron2's ``MODEL.RESNETS.RES5_DILATION`` (1, or 2 for output
                 stride 16); with an ``output_stride`` it must agree.
+            width: the channels of a thinner (or wider) ResNet, 64 for the paper's: the stem's
+                output, res2's (x4 for bottlenecks) and the bottleneck's inner width, scaled
+                together (:func:`width_channels`); None keeps those options as given.
             **options: fields of :class:`ResNetSpec`.
 
         Raises:
@@ -216,6 +224,8 @@ class ResNetSpec:
         for name in options:
             if name not in SPEC_FIELDS:
                 raise TypeError(f"ResNetSpec.from_weights() got an unexpected keyword {name!r}")
+        if width is not None:
+            options.update(_width_options(width, options, weights))
         resolved = _resolve(options, weights)
         if resolved["stage_blocks"] is not None and options.get("depth") is None:
             resolved["depth"] = None  # the file's depth gives way to the caller's stage_blocks
@@ -242,6 +252,55 @@ NOT_FROM_WEIGHTS = ("output_stride", "deform_on_per_stage", "deform_modulated", 
 ARCHITECTURE_DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclasses.fields(ResNetSpec) if f.name not in NOT_FROM_WEIGHTS
 }
+
+
+WIDTH_OPTIONS = ("stem_out_channels", "res2_out_channels", "width_per_group")
+
+
+def width_channels(width: int, block_type: str) -> dict[str, int]:
+    """The channel options of a ResNet of ``width`` (64: the paper's): the stem's output
+    ``width``, res2's ``width`` for basic blocks (x4 for bottlenecks: their expansion), the
+    bottleneck's inner width (``width_per_group``) ``width``; doubled at each stage as always."""
+    block = BLOCK_TYPES[block_type]
+    channels = {
+        "stem_out_channels": width,
+        "res2_out_channels": width * (block.default_res2_out_channels // 64),
+    }
+    if block.bottleneck:  # a basic block has no inner width: width_per_group stays as it is
+        channels["width_per_group"] = width
+    return channels
+
+
+def _width_options(
+    width: Any, options: Mapping[str, Any], weights: Weights | None
+) -> dict[str, int]:
+    """:func:`width_channels` for the block type the other options (or the file) give.
+
+    Raises:
+        BackboneOptionError: a width that is not a positive integer, one given with a channel
+            option it sets, or with ResNeXt's groups.
+    """
+    if not _positive(width):
+        raise BackboneOptionError("width", width, "a positive integer (64: the paper's ResNet)")
+    for name in WIDTH_OPTIONS:
+        if options.get(name) is not None:
+            raise BackboneOptionError(
+                "width",
+                width,
+                "None",
+                f"{name} is given too; width sets it ({', '.join(WIDTH_OPTIONS)})",
+            )
+    if options.get("num_groups") not in (None, 1):
+        raise BackboneOptionError(
+            "width", width, "None", "width scales the plain ResNet; a ResNeXt takes width_per_group"
+        )
+    architecture = weights.architecture if weights is not None else {}
+    depth = options.get("depth") or architecture.get("depth")
+    block_type = options.get("block_type") or architecture.get("block_type")
+    if block_type is None:
+        block_type = DEPTHS[depth].block if depth in DEPTHS else "bottleneck"
+    check_choice("block_type", block_type, BLOCK_TYPES)
+    return width_channels(width, block_type)
 
 
 def _resolve(given: Mapping[str, Any], weights: Weights | None) -> dict[str, Any]:

@@ -234,8 +234,8 @@ def _format_value(key: str, value: Any) -> str:
         return ""
     if key.endswith("params"):
         return f"{value:,}"
-    if key.endswith("gflops"):
-        return f"{value:.2f}"
+    if key.endswith("gflops"):  # three significant digits below 0.1 (a thin net at 32x32)
+        return f"{value:.3g}" if 0 < abs(value) < 0.1 else f"{value:.2f}"
     if key.endswith("difference"):
         return f"{value:+.1%}"
     return str(value)
@@ -247,7 +247,8 @@ def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as an aligned text table, one column per key (in order of appearance):
-    parameter counts with thousands separators, GFLOPs with two decimals, ``*difference`` as a
+    parameter counts with thousands separators, GFLOPs with two decimals (three significant
+    digits below 0.1), ``*difference`` as a
     signed percentage; text columns left-aligned, numbers right-aligned."""
     columns = _columns(rows)
     cells = [[HEADERS.get(c, c) for c in columns]]
