@@ -34,6 +34,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from backbones.engine.config import display_path
 from backbones.study.experiments.sweep import DEFAULT_OUTPUT_ROOT, run_sweep
 
 # The training script next to this one, as the commands show it (relative when below here).
@@ -75,8 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The report's progress over the runs (a line every 5 s with an ETA) on stderr.
     logging.basicConfig(format="%(message)s")
     logging.getLogger("backbones").setLevel(logging.INFO)
-    relative = os.path.relpath(TRAIN_NET)
-    train_net = relative if not relative.startswith("..") else str(TRAIN_NET)
+    train_net = display_path(TRAIN_NET)
     try:
         result = run_sweep(
             args.configs,

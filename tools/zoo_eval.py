@@ -30,13 +30,13 @@ from backbones.quiet import quiet_third_party_warnings
 
 import argparse
 import logging
-import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from backbones.engine.cli import add_dataset_argument
+from backbones.engine.config import display_path
 from backbones.study.experiments.zoo_eval import (
     DEFAULT_OUTPUT_DIR,
     ZOO_CONFIGS,
@@ -95,8 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The report's progress over the runs (a line every 5 s with an ETA) on stderr.
     logging.basicConfig(format="%(message)s")
     logging.getLogger("backbones").setLevel(logging.INFO)
-    relative = os.path.relpath(TRAIN_NET)
-    train_net = relative if not relative.startswith("..") else str(TRAIN_NET)
+    train_net = display_path(TRAIN_NET)
     try:
         result = run_zoo_eval(
             args.names,

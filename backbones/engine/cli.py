@@ -25,7 +25,7 @@ from ..config import InputSettingsError, check_architecture, fetch_weights, read
 from ..data.coco import check_dataset_entry, datasets_root
 from ..data.coco_faults import COUNTED, FATAL, DataFaultError, scan_coco_file
 from ..errors import BackboneOptionError, DivergenceError
-from ..weights import WeightsFormatError
+from ..weights import Weights, WeightsFormatError
 from .config import ConfigError
 from .distributed import (
     DEFAULT_RENDEZVOUS_TIMEOUT,
@@ -387,6 +387,24 @@ def _missing_files(key: str, name: str, missing: list[str]) -> str:
 # Weights
 
 
+def read_run_weights(
+    url: str, output_dir: str, *, resume: bool, trusted: bool
+) -> tuple[str, Weights] | None:
+    """The local file of the weights a run starts from (the path, Detectron2's download cache,
+    or a download into it) and what it holds, read once: the checkpointer takes them from there.
+    None without ``url``, or with ``resume`` and a checkpoint in ``output_dir`` that the run
+    continues from instead.
+
+    Raises:
+        backbones.config.WeightsUnavailableError: no file there and no download.
+        backbones.weights.WeightsFormatError: not a weights file, naming it.
+    """
+    if not url or (resume and os.path.isfile(os.path.join(output_dir, "last_checkpoint"))):
+        return None
+    path = fetch_weights(url)
+    return path, read_ahead(path, trusted)
+
+
 def check_weights(
     cfg: CfgNode, weights: str | None = None, *, config_file: str = "", resume: bool = False
 ) -> str | None:
@@ -411,10 +429,12 @@ def check_weights(
             the keys to set and the config to use instead.
     """
     url = cfg.MODEL.WEIGHTS if weights is None else weights
-    if not url or (resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
+    found = read_run_weights(
+        url, cfg.OUTPUT_DIR, resume=resume, trusted=cfg.BACKBONES.TRUST_WEIGHTS_FILE
+    )
+    if found is None:
         return None
-    path = fetch_weights(url)
-    read = read_ahead(path, cfg.BACKBONES.TRUST_WEIGHTS_FILE)
+    path, read = found
     # The stride placement is an input setting: "off" keeps the config's on purpose.
     settings = read.input if cfg.BACKBONES.INPUT_FROM_WEIGHTS == "auto" else None
     name = f"MODEL.WEIGHTS {url}" + ("" if path == url else f" (the copy at {path})")

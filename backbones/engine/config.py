@@ -103,19 +103,28 @@ def _merge_file(cfg: CfgNode, config_file: str) -> None:
         raise _explained(e, cfg, f"in {config_file}") from None
 
 
-def similar_config(path: str) -> str | None:
-    """The config file whose name is closest to ``path``'s, in its folder or in ``configs/``."""
+def similar_config(
+    path: str,
+    configs_dir: str | os.PathLike = CONFIGS_DIR,
+    suffixes: tuple[str, ...] = (".yaml", ".yml"),
+) -> str | None:
+    """The config file (named ``*<suffix>``) whose name is closest to ``path``'s, in its folder
+    or in ``configs_dir``; shown relative to the working directory when under it."""
     found: dict[str, str] = {}
-    for folder in (os.path.dirname(path) or ".", str(CONFIGS_DIR)):
+    for folder in (os.path.dirname(path) or ".", str(configs_dir)):
         if os.path.isdir(folder):
             for name in sorted(os.listdir(folder)):
-                if name.endswith((".yaml", ".yml")):
+                if name.endswith(suffixes):
                     found.setdefault(name, os.path.join(folder, name))
     match = difflib.get_close_matches(os.path.basename(path), list(found), n=1, cutoff=0.6)
-    if not match:
-        return None
-    relative = os.path.relpath(found[match[0]])
-    return found[match[0]] if relative.startswith("..") else relative
+    return display_path(found[match[0]]) if match else None
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the working directory when it lies below it, else as given: how
+    a user would type it in a command."""
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
 
 
 def _missing_base(config_file: str) -> str | None:

@@ -13,7 +13,6 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,13 +25,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from ..checkpoint import BackbonesCheckpointer
-from ..config import WeightsUnavailableError, fetch_weights, read_ahead
+from ..config import WeightsUnavailableError
 from ..data.coco_faults import DataFaultError
 from ..errors import BackboneOptionError, DivergenceError
 from ..modeling import ResNetSpec, make_resnet, make_resnet_fpn
 from ..modeling.spec import SPEC_FIELDS
-from .cli import DatasetFilesError
-from .config import CONFIGS_DIR, ConfigError
+from .cli import DatasetFilesError, read_run_weights
+from .config import CONFIGS_DIR, ConfigError, similar_config
 from .ddp import create_ddp_model
 from .distributed import LaunchError
 from .hooks import LossCurveWriter
@@ -84,7 +83,7 @@ def load_config(
             that is not ``key=value`` or names a key the config does not have (with the closest).
     """
     if not os.path.isfile(config_file):
-        similar = _similar_config(config_file)
+        similar = similar_config(config_file, LAZY_CONFIGS, (".py",))
         fix = f"did you mean {similar}?" if similar else "the LazyConfigs are in configs/lazy/"
         raise ConfigError(f"config file {config_file} does not exist; {fix}")
     try:
@@ -129,20 +128,6 @@ def load_config(
             )
         cfg.train.device = "cpu"
     return cfg
-
-
-def _similar_config(path: str) -> str | None:
-    """The Python config whose name is closest to ``path``'s, in its folder or configs/lazy/."""
-    found: dict[str, Path] = {}
-    for folder in (Path(os.path.dirname(path) or "."), LAZY_CONFIGS):
-        if folder.is_dir():
-            for file in sorted(folder.glob("*.py")):
-                found.setdefault(file.name, file)
-    match = difflib.get_close_matches(os.path.basename(path), list(found), n=1, cutoff=0.6)
-    if not match:
-        return None
-    relative = os.path.relpath(found[match[0]])
-    return str(found[match[0]]) if relative.startswith("..") else relative
 
 
 def _keys(node: Any, prefix: str = "") -> Iterator[str]:
@@ -290,17 +275,15 @@ def check_init_checkpoint(cfg: DictConfig, *, resume: bool = False) -> str | Non
     """
     url = OmegaConf.select(cfg, "train.init_checkpoint", default="")
     output_dir = OmegaConf.select(cfg, "train.output_dir", default="")
-    if not url or (resume and os.path.isfile(os.path.join(output_dir, "last_checkpoint"))):
+    found = read_run_weights(url, output_dir, resume=resume, trusted=False)
+    if found is None:
         return None
-    path = fetch_weights(url)
-    weights = read_ahead(path, trusted=False)
+    path, weights = found
     node = OmegaConf.select(cfg, "model.backbone", default=None)
     target = getattr(node, "_target_", None) if isinstance(node, DictConfig) else None
     if target in (make_resnet, make_resnet_fpn) or target in _OUR_CONSTRUCTORS:
+        # Lists (stage_blocks, deform_on_per_stage) become tuples in the spec itself.
         given = {k: node[k] for k in SPEC_FIELDS if k in node and node[k] is not None}
-        for key in ("stage_blocks", "deform_on_per_stage"):
-            if key in given:
-                given[key] = tuple(given[key])
         try:  # the file's network against the config's: the one resolution of it
             ResNetSpec.from_weights(weights, **given)
         except BackboneOptionError as error:
