@@ -37,6 +37,7 @@ class LoggedRun:
 
     output_dir: Path
     returncode: int | None
+    seconds: float | None
     log_name = LOG_NAME
 
     @property
@@ -50,6 +51,19 @@ class LoggedRun:
     @property
     def failed(self) -> bool:
         return self.returncode not in (None, 0)
+
+
+def ended_line(step: str, status: str, runs: Sequence[LoggedRun], index: int, start: float) -> str:
+    """``[2/5] name: done in 0:10:02; elapsed 0:20:31, ETA 0:30:06`` after run ``index`` (from
+    1) of ``runs`` ended: its duration, the time since ``start`` (``time.perf_counter()``) and
+    the mean duration of the runs that succeeded so far times the runs left."""
+    run = runs[index - 1]
+    done = [r.seconds for r in runs[:index] if not r.failed] or [run.seconds]
+    eta = sum(done) / len(done) * (len(runs) - index)
+    return (
+        f"{step}: {status} in {format_duration(run.seconds)}; elapsed "
+        f"{format_duration(time.perf_counter() - start)}, ETA {format_duration(eta)}"
+    )
 
 
 @dataclass
@@ -219,15 +233,8 @@ def run_sweep(
         begin = time.perf_counter()
         run.returncode = run_training(run.command, run.log)
         run.seconds = time.perf_counter() - begin
-        done = [r.seconds for r in todo[:index] if not r.failed] or [run.seconds]
-        eta = sum(done) / len(done) * (len(todo) - index)
         status = f"FAILED (exit {run.returncode}), see {run.log}" if run.failed else "done"
-        print(
-            f"{step}: {status} in {format_duration(run.seconds)}; elapsed "
-            f"{format_duration(time.perf_counter() - start)}, ETA {format_duration(eta)}",
-            file=out,
-            flush=True,
-        )
+        print(ended_line(step, status, todo, index, start), file=out, flush=True)
     report_dir = Path(report_dir) if report_dir is not None else Path(output_root) / "report"
     report = write_depth_report([run.output_dir for run in runs], report_dir)
     for path in report.files.values():

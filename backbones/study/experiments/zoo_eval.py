@@ -24,10 +24,9 @@ import yaml
 from ...config.input_settings import _KeysLoader
 from ...data.coco import check_dataset_entry
 from ...engine.config import CONFIGS_DIR
-from ...progress import format_duration
 from ..report.depth_report import DepthReport, write_depth_report
 from ..report.runs import TASKS
-from .sweep import TRAIN_NET, LoggedRun, run_training
+from .sweep import TRAIN_NET, LoggedRun, ended_line, run_training
 
 DEFAULT_OUTPUT_DIR = "output/zoo_eval"
 LOG_NAME = "zoo_eval.log"
@@ -346,16 +345,10 @@ def run_zoo_eval(
         run.seconds = time.perf_counter() - begin
         if run.failed:
             run.error = failure_line(run.log, offset)
-        done = [r.seconds for r in runs[:index] if not r.failed] or [run.seconds]
-        eta = sum(done) / len(done) * (len(runs) - index)
         status = f"FAILED (exit {run.returncode})" if run.failed else "done"
-        print(
-            f"{step}: {status} in {format_duration(run.seconds)}; elapsed "
-            f"{format_duration(time.perf_counter() - start)}, ETA {format_duration(eta)}"
-            + (f"\n{step}: {run.error}" if run.failed else ""),
-            file=out,
-            flush=True,
-        )
+        print(ended_line(step, status, runs, index, start), file=out, flush=True)
+        if run.failed:
+            print(f"{step}: {run.error}", file=out, flush=True)
     report = write_depth_report([run.output_dir for run in runs], Path(output_dir) / REPORT_DIR)
     print("", file=out)
     for run in runs:
