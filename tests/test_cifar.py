@@ -122,3 +122,31 @@ def test_a_net_learns_a_fixed_batch(residual):
             optimizer.step()
             losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_zero_init_starts_each_block_at_the_identity_and_refuses_plain_nets():
+    model = make_cifar_resnet(20, zero_init_residual=True)
+    x = torch.randn(2, 16, 8, 8)
+    block = model.backbone.res2[1]
+    block.eval()
+    assert torch.equal(block(x), torch.relu(x))  # the branch adds zeros: relu(x + 0)
+    with pytest.raises(BackboneOptionError) as error:
+        make_cifar_resnet(20, residual=False, zero_init_residual=True)
+    assert error.value.option == "zero_init_residual"
+
+
+def test_the_pretraining_tool_trains_a_cifar_net_and_names_bad_options(tmp_path, capsys):
+    from test_pretrain import load_tool
+
+    tool = load_tool("pretrain_classifier")
+    base = ["--family", "cifar", "--depth", "20", "--synthetic-root", str(tmp_path / "data")]
+    base += ["--num-classes", "4", "--num-train", "32", "--num-val", "16", "--image-size", "32"]
+    assert tool.main(base + ["--output", str(tmp_path / "bad"), "width", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "width=8" in err and "shortcut" in err and not (tmp_path / "bad").exists()
+    argv = base + ["--output", str(tmp_path / "out"), "--max-iter", "2", "--batch-size", "8"]
+    capsys.readouterr()
+    assert tool.main(argv + ["shortcut", "B", "zero_init_residual", "True"]) == 0
+    assert "weights:" in capsys.readouterr().out
+    config = (tmp_path / "out" / "config.yaml").read_text()
+    assert "FAMILY: cifar" in config and "shortcut" in config

@@ -30,8 +30,10 @@ from collections.abc import Sequence
 from detectron2.utils.logger import setup_logger
 
 from backbones.specs import DEPTHS
+from backbones.study.pretrain.cifar import CIFAR_DEPTHS, CIFAR_OPTIONS, family_option_names
 from backbones.study.pretrain.classifier import parse_resnet_options
 from backbones.study.pretrain.run import (
+    FAMILIES,
     PretrainRun,
     Recipe,
     add_pretrain_arguments,
@@ -47,7 +49,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--depth", type=int, required=True, choices=sorted(DEPTHS))
+    parser.add_argument(
+        "--depth",
+        type=int,
+        required=True,
+        choices=sorted(set(DEPTHS) | set(CIFAR_DEPTHS)),
+        help=f"ImageNet family: {', '.join(map(str, sorted(DEPTHS)))}; CIFAR family: "
+        f"{', '.join(map(str, CIFAR_DEPTHS))}",
+    )
+    parser.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default="imagenet",
+        help="imagenet: make_resnet's nets (KEY VALUE: its keywords); cifar: the paper's CIFAR-10 "
+        f"nets, 3x3 stem at stride 1, 16/32/64 channels (KEY VALUE: {', '.join(CIFAR_OPTIONS)})",
+    )
     parser.add_argument(
         "--stop-at",
         type=int,
@@ -70,15 +86,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logger(name="backbones")
     try:
         data, recipe = pretrain_settings(args)
+        name = f"{'CIFAR ' if args.family == 'cifar' else ''}ResNet-{args.depth}"
         run = PretrainRun(
             args.output,
             args.depth,
             data=data,
             recipe=recipe,
-            resnet_options=parse_resnet_options(args.opts),
+            resnet_options=parse_resnet_options(args.opts, family_option_names(args.family)),
+            family=args.family,
             resume=args.resume,
             stop_at=args.stop_at,
-            after_eval=TrainingCurveWriter(title=f"ResNet-{args.depth}, {data.describe()}"),
+            after_eval=TrainingCurveWriter(title=f"{name}, {data.describe()}"),
         )
         # The processes started for --num-gpus begin with Python's filters: quiet them too.
         result = pretrain(run, num_gpus=args.num_gpus, process_setup=quiet_third_party_warnings)

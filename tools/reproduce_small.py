@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""The paper's two claims at small scale, on a CPU: pretrain R-18/34/50 on the synthetic
-classification set, fine-tune Mask R-CNN on shapes from each and from scratch, write both depth
-reports and a pretrained-vs-scratch table; then the plain-vs-residual degradation experiment.
+"""The paper's two claims at small scale, on a CPU: the degradation experiment (thin plain and
+residual R-18/34/50, three seeds each, on the synthetic classification set), then Mask R-CNN on
+a small shapes training set fine-tuned from each seed's pretrained residual net and trained from
+scratch; box and mask AP per depth as mean ± std, a figure, and both arms' depth reports.
 
-    python tools/reproduce_small.py                      # the measured run (docs/pretraining.md)
-    python tools/reproduce_small.py --depths 18 34 --no-scratch
+    python tools/reproduce_small.py                  # the measured run (docs/pretraining.md)
+    python tools/reproduce_small.py --depths 18 34 --seeds 2 --no-scratch
 
 Run it again after an interruption: finished steps are skipped, interrupted ones resumed.
 """
@@ -18,8 +19,10 @@ from backbones.quiet import quiet_third_party_warnings
 
 import argparse
 import logging
+import sys
 
-from backbones.study.experiments.reproduce import reproduce_small
+from backbones.study.experiments import reproduce
+from backbones.study.experiments.degradation import DEFAULT_SEEDS, DEFAULT_WIDTH, default_jobs
 
 
 def main() -> None:
@@ -31,32 +34,65 @@ def main() -> None:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--output-root", default="output/reproduce_small")
-    parser.add_argument("--depths", type=int, nargs="+", default=[18, 34, 50])
-    parser.add_argument("--pretrain-iters", type=int, default=600, help="per depth")
-    parser.add_argument("--batch-size", type=int, default=64, help="pretraining batch")
-    parser.add_argument("--degradation-iters", type=int, default=800, help="per net")
-    parser.add_argument("--num-gpus", type=int, default=1, help="processes per step")
+    parser.add_argument("--depths", type=int, nargs="+", default=list(reproduce.DEFAULT_DEPTHS))
+    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="runs per net")
     parser.add_argument(
-        "--no-scratch", action="store_true", help="skip the detectors trained from scratch"
+        "--width", type=int, default=DEFAULT_WIDTH, help="of every ResNet (the paper's: 64)"
     )
     parser.add_argument(
-        "--detector-max-iter", type=int, default=None, help="SOLVER.MAX_ITER of the detectors"
+        "--pretrain-iters", type=int, default=reproduce.PRETRAIN_ITERS, help="per net"
+    )
+    parser.add_argument(
+        "--train-images",
+        type=int,
+        default=reproduce.TRAIN_IMAGES,
+        help="the detectors' training images, the first of shapes_train (0: all 1000)",
+    )
+    parser.add_argument(
+        "--detector-iters",
+        type=int,
+        default=reproduce.DETECTOR_ITERS,
+        help="SOLVER.MAX_ITER of the detectors (0: the config's)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, help="runs at once (default: one per CPU core without CUDA, else 1)"
+    )
+    parser.add_argument(
+        "--no-scratch", action="store_true", help="skip the detectors trained from scratch"
     )
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of the detectors"
     )
     args = parser.parse_args()
-    result = reproduce_small(
+    for flag in ("seeds", "width", "pretrain_iters", "jobs"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag.replace('_', '-')} {value}: give a positive number")
+    if len(set(args.depths)) < 2:
+        parser.error(f"--depths {args.depths}: give two depths or more")
+    missing = [d for d in args.depths if not reproduce.detector_config(d).is_file()]
+    if missing:
+        parser.error(
+            f"--depths: no detector config for {missing} "
+            f"({reproduce.DETECTOR_CONFIG.format(depth=missing[0])})"
+        )
+    result = reproduce.reproduce_small(
         args.output_root,
         depths=args.depths,
+        seeds=args.seeds,
+        width=args.width,
         pretrain_iters=args.pretrain_iters,
-        batch_size=args.batch_size,
-        degradation_iters=args.degradation_iters,
-        num_gpus=args.num_gpus,
+        train_images=args.train_images or None,
+        detector_iters=args.detector_iters or None,
         scratch=not args.no_scratch,
-        detector_max_iter=args.detector_max_iter,
+        jobs=args.jobs or default_jobs(),
         detector_opts=args.opts,
     )
+    for step in result.failed:
+        print(
+            f"error: {step.name} failed; its log: {step.output_dir / 'reproduce.log'}",
+            file=sys.stderr,
+        )
     raise SystemExit(1 if result.failed else 0)
 
 

@@ -1,52 +1,70 @@
 """The paper's two claims at small scale, in one command (``tools/reproduce_small.py``,
 ``make reproduce-small``):
 
-1. depth learned on classification carries over to detection: pretrain R-18/34/50 on the
-   synthetic classification set with one recipe, fine-tune the same detector recipe (Mask R-CNN
-   on shapes) from each and from scratch, and write the depth report of both ladders with a
-   pretrained-versus-scratch table;
-2. plain deep nets degrade while residual nets do not: ``tools/degradation.py``.
+1. plain deep nets degrade while residual nets do not: ``tools/degradation.py`` trains thin
+   plain and residual nets of each depth, several seeds each, on the synthetic classification
+   set (:mod:`.degradation`);
+2. depth learned on classification carries over to detection: the same Mask R-CNN recipe on a
+   small shapes training set (``train_images``), fine-tuned from each seed's pretrained residual
+   net (the degradation experiment's) and trained from scratch, the same seeds; box and mask AP
+   as mean ± std per depth and arm (:mod:`..report.transfer`), with both arms' depth reports.
 
 Every step skips what is finished and resumes what was interrupted, so the command can be run
-again after a kill; each step's output goes to a log beside its results.
+again after a kill; each step's output goes to a log beside its results. Detector runs go
+``jobs`` at a time, each with ``cpus / jobs`` threads.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, TextIO
 
+from ...coco_json import read_coco_json
+from ...modeling.build import CFG_KEYS
+from ...modeling.spec import width_channels
 from ...progress import format_duration
+from ...specs import DEPTHS
+from ...weights import atomic_write
+from ..pretrain.classifier import PIXEL_MEAN, PIXEL_STD
 from ..report.depth_report import write_depth_report
-from ..report.runs import read_run
+from ..report.transfer import ARMS, write_transfer_report
+from .degradation import DEFAULT_SEEDS, DEFAULT_WIDTH, is_finished, plan_degradation
 from .sweep import plan_sweep, run_training
 
 TOOLS = Path(__file__).resolve().parents[3] / "tools"
 # The detector recipe fine-tuned from each pretrained ResNet, and trained from scratch.
 DETECTOR_CONFIG = "configs/mrcnn_r{depth}_shapes.yaml"
-# make_resnet options of the pretraining that the detector recipe needs: trainable BN, and the
-# stride in the 3x3 as the shapes configs (STRIDE_IN_1X1 False) build it.
-PRETRAIN_OPTIONS = ("norm", "BN", "stride_in_1x1", "False")
-METRICS = ("bbox/AP", "bbox/AP50", "segm/AP")
-# The measured run's settings (docs/pretraining.md), sized for 2 CPU cores: the ten-shape
-# synthetic set, whose 100-class version stays at chance for this many iterations.
-PRETRAIN_EXTRA = ("--num-classes", "10", "--eval-period", "300")
-DEGRADATION_EXTRA = (
-    "--num-classes", "10", "--input-size", "32", "--batch-size", "64", "--eval-period", "200",
-)  # fmt: skip
+DEFAULT_DEPTHS = (18, 34, 50)
+# The degradation tool's length (its default), and the detectors': a small training set and a
+# short schedule, where the initialisation can matter (the full shapes set from scratch reaches
+# box AP 57 whatever the depth). The same for every depth and both arms.
+PRETRAIN_ITERS = 3000
+TRAIN_IMAGES = 200
+DETECTOR_ITERS = 400
+DETECTOR_WARMUP = 100
+TRAIN_DATASET = "shapes_train"
+
+
+def detector_config(depth: int) -> Path:
+    """The detector recipe of ``depth``, relative to the checkout."""
+    return Path(__file__).resolve().parents[3] / DETECTOR_CONFIG.format(depth=depth)
 
 
 @dataclass
 class Step:
-    """One command of the reproduction: its name, where it writes, and once run, its status."""
+    """One command of the reproduction: its name, where it writes, the weights it starts from
+    (None: none needed), and once run, its status."""
 
     name: str
     output_dir: Path
     command: list[str] | None  # None: finished before, skipped
+    weights: Path | None = None
     returncode: int | None = None
     seconds: float | None = None
 
@@ -61,108 +79,153 @@ class Reproduction:
         return [step for step in self.steps if step.returncode not in (None, 0)]
 
 
-def _finished(output_dir: Path) -> bool:
-    return (output_dir / "model_final.pth").is_file()
+def thin_detector_opts(depth: int, width: int) -> list[str]:
+    """The config keys that give the detector's ResNet-``depth`` the pretrained net's width."""
+    channels = width_channels(width, DEPTHS[depth].block)
+    return [text for name, value in channels.items() for text in (CFG_KEYS[name], str(value))]
 
 
-def pretrain_step(
-    depth: int,
-    output_root: Path,
-    *,
-    max_iter: int,
-    batch_size: int,
-    num_gpus: int,
-    extra: Sequence[str],
-) -> Step:
-    output_dir = output_root / "pretrain" / f"r{depth}"
-    if _finished(output_dir):
-        return Step(f"pretrain R-{depth}", output_dir, None)
-    command = [
-        sys.executable, str(TOOLS / "pretrain_classifier.py"), "--depth", str(depth),
-        "--max-iter", str(max_iter), "--batch-size", str(batch_size), "--num-gpus", str(num_gpus),
-        "--output", str(output_dir), *extra, "--resume", *PRETRAIN_OPTIONS,
+def write_subset(json_file: str | os.PathLike, num_images: int, path: str | os.PathLike) -> Path:
+    """A COCO instances file of the first ``num_images`` images of ``json_file`` (by id) and
+    their annotations, written atomically to ``path``.
+
+    Raises:
+        ValueError: ``json_file`` holds fewer images.
+    """
+    coco = read_coco_json(json_file)
+    images = sorted(coco["images"], key=lambda image: image["id"])
+    if len(images) < num_images:
+        raise ValueError(
+            f"{json_file} holds {len(images)} images, fewer than the {num_images} asked for"
+        )
+    keep = {image["id"] for image in images[:num_images]}
+    subset = {
+        **coco,
+        "images": images[:num_images],
+        "annotations": [a for a in coco["annotations"] if a["image_id"] in keep],
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(json.dumps(subset, separators=(",", ":")).encode()))
+    return path
+
+
+def small_train_set(root: Path, num_images: int) -> list[str]:
+    """The detector opts that train on the first ``num_images`` of ``shapes_train`` (generated
+    if missing), registered as ``shapes_train_<n>`` from a subset file under ``root/data``."""
+    from ...data.shapes import ensure_generated
+
+    json_file, image_root = ensure_generated(TRAIN_DATASET)
+    name = f"{TRAIN_DATASET}_{num_images}"
+    subset = root / "data" / f"{name}.json"
+    if not subset.is_file():
+        write_subset(json_file, num_images, subset)
+    return [
+        "BACKBONES.COCO_DATASETS", repr([[name, str(subset), str(image_root)]]),
+        "DATASETS.TRAIN", repr((name,)),
     ]  # fmt: skip
-    return Step(f"pretrain R-{depth}", output_dir, command)
+
+
+def degradation_step(
+    root: Path,
+    *,
+    depths: Sequence[int],
+    seeds: int,
+    width: int,
+    max_iter: int,
+    jobs: int,
+    extra: Sequence[str] = (),
+) -> Step:
+    """The degradation experiment, whose residual nets are the detectors' pretrained weights;
+    skipped when every run and its report are there."""
+    output_dir = root / "degradation"
+    runs = plan_degradation(output_dir, depths, range(seeds))
+    if (output_dir / "degradation.md").is_file() and all(
+        is_finished(run.output_dir, max_iter) for run in runs
+    ):
+        return Step("degradation", output_dir, None)
+    command = [
+        sys.executable, str(TOOLS / "degradation.py"), "--output", str(output_dir),
+        "--depths", *map(str, depths), "--seeds", str(seeds), "--width", str(width),
+        "--max-iter", str(max_iter), "--jobs", str(jobs), "--resume", *extra,
+    ]  # fmt: skip
+    return Step("degradation", output_dir, command)
+
+
+def pretrained_weights(root: Path, depth: int, seed: int) -> Path:
+    """The residual net of the degradation experiment that the detector of ``seed`` starts from."""
+    return root / "degradation" / f"resnet-{depth}" / f"seed{seed}" / "model_final.pth"
 
 
 def detector_steps(
-    depth: int,
-    output_root: Path,
+    root: Path,
     *,
-    num_gpus: int,
+    depths: Sequence[int],
+    seeds: int,
+    width: int,
     scratch: bool,
     max_iter: int | None,
     opts: Sequence[str] = (),
 ) -> list[Step]:
-    config = DETECTOR_CONFIG.format(depth=depth)
-    weights = output_root / "pretrain" / f"r{depth}" / "model_final.pth"
-    ladders = [("pretrained", [*opts, "MODEL.WEIGHTS", str(weights)])]
-    if scratch:
-        ladders.append(("scratch", list(opts)))
+    """Each seed, depth and arm: ``root/detection/<arm>/seed<k>/mrcnn_r<depth>_shapes``."""
     steps = []
-    for ladder, opts in ladders:
-        (run,) = plan_sweep(
-            [config],
-            output_root=output_root / ladder,
-            num_gpus=num_gpus,
-            opts=opts,
-            max_iter=max_iter,
-        )
-        steps.append(Step(f"{ladder} R-{depth}", run.output_dir, run.command))
+    # One input normalisation for both arms (the pretraining's): only the start differs.
+    shared = ["MODEL.PIXEL_MEAN", repr(list(PIXEL_MEAN)), "MODEL.PIXEL_STD", repr(list(PIXEL_STD))]
+    for seed in range(seeds):
+        for depth in depths:
+            weights = pretrained_weights(root, depth, seed)
+            common = [*shared, *thin_detector_opts(depth, width), "SEED", str(seed), *opts]
+            arms = [("pretrained", weights)] + ([("scratch", None)] if scratch else [])
+            for arm, start in arms:
+                run_opts = common + (["MODEL.WEIGHTS", str(start)] if start else [])
+                (run,) = plan_sweep(
+                    [detector_config(depth)],
+                    output_root=root / "detection" / arm / f"seed{seed}",
+                    opts=run_opts,
+                    max_iter=max_iter,
+                )
+                steps.append(
+                    Step(f"{arm} R-{depth} seed {seed}", run.output_dir, run.command, start)
+                )
     return steps
-
-
-def degradation_step(
-    output_root: Path, *, max_iter: int, num_gpus: int, extra: Sequence[str]
-) -> Step:
-    output_dir = output_root / "degradation"
-    if (output_dir / "curves.csv").is_file() and (output_dir / "degradation.png").is_file():
-        return Step("degradation", output_dir, None)
-    command = [
-        sys.executable, str(TOOLS / "degradation.py"), "--output", str(output_dir),
-        "--max-iter", str(max_iter), "--num-gpus", str(num_gpus), "--resume", *extra,
-    ]  # fmt: skip
-    return Step("degradation", output_dir, command)
 
 
 def plan(
     output_root: str | os.PathLike,
     *,
-    depths: Sequence[int] = (18, 34, 50),
-    pretrain_iters: int = 600,
-    batch_size: int = 64,
-    degradation_iters: int = 800,
-    num_gpus: int = 1,
+    depths: Sequence[int] = DEFAULT_DEPTHS,
+    seeds: int = DEFAULT_SEEDS,
+    width: int = DEFAULT_WIDTH,
+    pretrain_iters: int = PRETRAIN_ITERS,
+    train_images: int | None = TRAIN_IMAGES,
+    detector_iters: int | None = DETECTOR_ITERS,
     scratch: bool = True,
-    detector_max_iter: int | None = None,
-    pretrain_extra: Sequence[str] = PRETRAIN_EXTRA,
-    degradation_extra: Sequence[str] = DEGRADATION_EXTRA,
+    jobs: int = 1,
+    degradation_extra: Sequence[str] = (),
     detector_opts: Sequence[str] = (),
 ) -> list[Step]:
-    """The steps in order: pretraining of each depth, then its detectors, then the degradation
-    experiment. Arguments as :func:`reproduce_small`."""
+    """The steps in order: the degradation experiment (the pretraining), then the detectors.
+    Arguments as :func:`reproduce_small`."""
     root = Path(output_root)
-    steps = []
-    for depth in depths:
-        steps.append(
-            pretrain_step(
-                depth, root, max_iter=pretrain_iters, batch_size=batch_size,
-                num_gpus=num_gpus, extra=pretrain_extra,
-            )
-        )  # fmt: skip
-    for depth in depths:
-        steps += detector_steps(
-            depth,
-            root,
-            num_gpus=num_gpus,
-            scratch=scratch,
-            max_iter=detector_max_iter,
-            opts=detector_opts,
-        )
-    steps.append(
+    opts = list(detector_opts)
+    if train_images:
+        opts = small_train_set(root, train_images) + opts
+    if detector_iters is not None:
+        opts += ["SOLVER.WARMUP_ITERS", str(min(DETECTOR_WARMUP, detector_iters // 2))]
+    steps = [
         degradation_step(
-            root, max_iter=degradation_iters, num_gpus=num_gpus, extra=degradation_extra
+            root, depths=depths, seeds=seeds, width=width, max_iter=pretrain_iters, jobs=jobs,
+            extra=degradation_extra,
         )
+    ]  # fmt: skip
+    steps += detector_steps(
+        root,
+        depths=depths,
+        seeds=seeds,
+        width=width,
+        scratch=scratch,
+        max_iter=detector_iters,
+        opts=opts,
     )
     return steps
 
@@ -170,111 +233,98 @@ def plan(
 def reproduce_small(
     output_root: str | os.PathLike = "output/reproduce_small",
     *,
-    depths: Sequence[int] = (18, 34, 50),
-    pretrain_iters: int = 600,
-    batch_size: int = 64,
-    degradation_iters: int = 800,
-    num_gpus: int = 1,
+    depths: Sequence[int] = DEFAULT_DEPTHS,
+    seeds: int = DEFAULT_SEEDS,
+    width: int = DEFAULT_WIDTH,
+    pretrain_iters: int = PRETRAIN_ITERS,
+    train_images: int | None = TRAIN_IMAGES,
+    detector_iters: int | None = DETECTOR_ITERS,
     scratch: bool = True,
-    detector_max_iter: int | None = None,
-    pretrain_extra: Sequence[str] = PRETRAIN_EXTRA,
-    degradation_extra: Sequence[str] = DEGRADATION_EXTRA,
+    jobs: int = 1,
+    degradation_extra: Sequence[str] = (),
     detector_opts: Sequence[str] = (),
     out: TextIO | None = None,
 ) -> Reproduction:
     """Run every step (see the module's docstring), then write the reports.
 
     Args:
-        output_root: ``pretrain/r{depth}``, ``pretrained/`` and ``scratch/`` detector runs,
-            ``degradation/``, the depth reports ``report_pretrained/`` and ``report_scratch/``,
-            and ``pretrained_vs_scratch.md`` go here.
-        depths: the ladder (each needs ``configs/mrcnn_r{depth}_shapes.yaml``).
-        pretrain_iters, batch_size: the one pretraining recipe of every depth.
-        degradation_iters: iterations of each of the degradation experiment's four nets.
-        num_gpus: processes per step (CPU processes without CUDA).
+        output_root: ``degradation/`` (with the pretrained nets), ``detection/<arm>/seed<k>/``,
+            the depth reports ``report_pretrained/`` and ``report_scratch/``, and
+            ``pretrained_vs_scratch.{md,csv,png}`` go here.
+        depths: the ladder (each needs ``configs/mrcnn_r{depth}_shapes.yaml``); two or more.
+        seeds: runs per net and per detector (seeds 0, 1, ...).
+        width: of the pretrained nets and the detectors' ResNets (64: the paper's).
+        pretrain_iters: the length of every pretraining.
+        train_images: the detectors' training images (the first of ``shapes_train``); None:
+            the config's training set.
+        detector_iters: ``SOLVER.MAX_ITER`` of the detectors (warmup: a quarter, at most 100);
+            None: the config's.
         scratch: also train the detectors from scratch (the comparison's other half).
-        detector_max_iter: ``SOLVER.MAX_ITER`` of the detectors, for a quick pass (default:
-            the config's).
-        pretrain_extra, degradation_extra: more flags of the two tools (e.g. smaller synthetic
-            sets for a test).
+        jobs: runs at once (the degradation tool's ``--jobs``; detector runs), each with
+            ``cpus / jobs`` threads.
+        degradation_extra: more flags of the degradation tool (e.g. smaller synthetic sets).
         detector_opts: KEY VALUE overrides of every detector run.
         out: progress lines; default stdout.
     """
     out = out or sys.stdout
     root = Path(output_root)
     steps = plan(
-        root, depths=depths, pretrain_iters=pretrain_iters, batch_size=batch_size,
-        degradation_iters=degradation_iters, num_gpus=num_gpus, scratch=scratch,
-        detector_max_iter=detector_max_iter, pretrain_extra=pretrain_extra,
+        root, depths=depths, seeds=seeds, width=width, pretrain_iters=pretrain_iters,
+        train_images=train_images, detector_iters=detector_iters, scratch=scratch, jobs=jobs,
         degradation_extra=degradation_extra, detector_opts=detector_opts,
     )  # fmt: skip
     result = Reproduction(steps)
-    todo = [step for step in steps if step.command is not None]
     for step in steps:
         if step.command is None:
             print(f"{step.name}: finished, skipped ({step.output_dir})", file=out, flush=True)
-    start = time.perf_counter()
-    for index, step in enumerate(todo, start=1):
-        if step.name.startswith("pretrained") and not _finished(
-            root / "pretrain" / f"r{step.name.split('R-')[1]}"
-        ):
-            print(f"{step.name}: its pretraining failed, skipped", file=out, flush=True)
-            continue
-        log = step.output_dir / "reproduce.log"
-        print(f"[{index}/{len(todo)}] {step.name}: log {log}", file=out, flush=True)
-        begin = time.perf_counter()
-        step.returncode = run_training(step.command, log)
-        step.seconds = time.perf_counter() - begin
-        done = [s.seconds for s in todo[:index] if s.seconds is not None]
-        eta = sum(done) / len(done) * (len(todo) - index)
-        status = f"FAILED (exit {step.returncode}), see {log}" if step.returncode else "done"
-        took, elapsed = format_duration(step.seconds), format_duration(time.perf_counter() - start)
-        print(
-            f"[{index}/{len(todo)}] {step.name}: {status} in {took}; elapsed {elapsed}, ETA "
-            f"{format_duration(eta)} (mean of steps so far)",
-            file=out,
-            flush=True,
-        )
-    for ladder in ("pretrained", "scratch"):
-        runs = sorted((root / ladder).glob("*")) if (root / ladder).is_dir() else []
-        runs = [run for run in runs if run.is_dir()]
+    todo = [step for step in steps if step.command is not None]
+    # Each detector process takes its share of the cores (the degradation tool sets its own).
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    progress = _Progress(len(todo), out)
+    for step in todo[:1] if todo and todo[0].name == "degradation" else []:
+        progress.run(step)
+    detectors = [step for step in todo if step.name != "degradation"]
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        list(pool.map(progress.run, detectors))
+    for arm in ARMS:
+        runs = sorted(p for p in (root / "detection" / arm).glob("seed*/*") if p.is_dir())
         if runs:
-            write_depth_report(runs, root / f"report_{ladder}")
-            print(f"depth report of the {ladder} ladder: {root / f'report_{ladder}'}", file=out)
-    result.comparison = write_comparison(root, depths)
+            write_depth_report(runs, root / f"report_{arm}")
+            print(f"depth report of the {arm} runs: {root / f'report_{arm}'}", file=out)
+    result.comparison = write_transfer_report(root, depths, seeds=seeds)
     print(f"pretrained vs scratch: {result.comparison}", file=out, flush=True)
     return result
 
 
-def write_comparison(root: str | os.PathLike, depths: Sequence[int]) -> Path:
-    """``pretrained_vs_scratch.md``: box and mask AP of each depth fine-tuned from its
-    pretrained ResNet and trained from scratch, with the difference (points)."""
-    root = Path(root)
-    header = ["depth"]
-    for metric in METRICS:
-        header += [f"{metric} pretrained", f"{metric} scratch", "difference"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for depth in depths:
-        name = DETECTOR_CONFIG.format(depth=depth).rsplit("/", 1)[1].removesuffix(".yaml")
-        cells = [f"R-{depth}"]
-        pre = (
-            read_run(root / "pretrained" / name) if (root / "pretrained" / name).is_dir() else None
+class _Progress:
+    """Runs the steps (from threads), with a line when each starts and ends: its time, the
+    elapsed time and an ETA from the mean of the steps so far."""
+
+    def __init__(self, total: int, out: TextIO) -> None:
+        self.total, self.out, self.ended, self.times = total, out, 0, []
+        self.start = time.perf_counter()
+
+    def run(self, step: Step) -> None:
+        if step.weights is not None and not step.weights.is_file():
+            self._say(f"{step.name}: its pretrained net {step.weights} is missing, skipped")
+            step.returncode = 1
+            return
+        log = step.output_dir / "reproduce.log"
+        self._say(f"{step.name}: started, log {log}")
+        begin = time.perf_counter()
+        step.returncode = run_training(step.command, log)
+        step.seconds = time.perf_counter() - begin
+        self.ended += 1
+        self.times.append(step.seconds)
+        status = f"FAILED (exit {step.returncode}), see {log}" if step.returncode else "done"
+        left = self.total - self.ended
+        eta = sum(self.times) / len(self.times) * left
+        self._say(
+            f"[{self.ended}/{self.total}] {step.name}: {status} in "
+            f"{format_duration(step.seconds)}; elapsed "
+            f"{format_duration(time.perf_counter() - self.start)}, ETA {format_duration(eta)} "
+            "(mean of the steps so far, one at a time)"
         )
-        scr = read_run(root / "scratch" / name) if (root / "scratch" / name).is_dir() else None
-        for metric in METRICS:
-            a = pre.ap.get(metric) if pre is not None and pre.compared else None
-            b = scr.ap.get(metric) if scr is not None and scr.compared else None
-            cells += [
-                "-" if a is None else f"{a:.1f}",
-                "-" if b is None else f"{b:.1f}",
-                "-" if a is None or b is None else f"{a - b:+.1f}",
-            ]
-        lines.append("| " + " | ".join(cells) + " |")
-    path = root / "pretrained_vs_scratch.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        "# Mask R-CNN on shapes: fine-tuned from the pretrained ResNet vs from scratch\n\n"
-        + "\n".join(lines)
-        + "\n"
-    )
-    return path
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.out, flush=True)

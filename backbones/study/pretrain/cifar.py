@@ -13,6 +13,7 @@ them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from torch import nn
 from ...errors import BackboneOptionError, check_choice
 from ...modeling import BasicBlock, ResNet
 from ...modeling.layers import conv_norm
-from .classifier import Classifier
+from .classifier import PIXEL_MEAN, PIXEL_STD, Classifier, build_classifier, resnet_option_names
 
 # Depth -> n, the basic blocks of each stage (Table 6: 6n + 2 layers).
 CIFAR_DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18}
@@ -30,6 +31,8 @@ CIFAR_DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18}
 PAPER_PARAMS_M = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7}
 STAGE_WIDTHS = (16, 32, 64)
 SHORTCUTS = ("A", "B")
+# The options of a CIFAR net a pretraining's KEY VALUE pairs may set (make_cifar_resnet's).
+CIFAR_OPTIONS = ("residual", "shortcut", "norm", "zero_init_residual")
 # CIFAR-10's training-set statistics on 0-255 pixels, in the BGR order of the data.
 CIFAR_PIXEL_MEAN = (113.87, 122.96, 125.31)
 CIFAR_PIXEL_STD = (66.70, 62.09, 62.99)
@@ -87,6 +90,7 @@ def make_cifar_resnet(
     shortcut: str = "A",
     num_classes: int = 10,
     norm: str = "BN",
+    zero_init_residual: bool = False,
     pixel_mean: Sequence[float] = CIFAR_PIXEL_MEAN,
     pixel_std: Sequence[float] = CIFAR_PIXEL_STD,
     label_smoothing: float = 0.0,
@@ -101,9 +105,12 @@ def make_cifar_resnet(
             or ``"B"`` (1x1 projections there).
         num_classes: the linear layer's outputs.
         norm: of every conv (``"BN"``, or ``"GN"``, ...).
+        zero_init_residual: start each block as the identity (its last norm's scale zeroed;
+            Goyal et al., 2017); residual nets only.
 
     Raises:
-        BackboneOptionError: a depth, shortcut or residual value not allowed.
+        BackboneOptionError: a depth, shortcut or residual value not allowed, or
+            ``zero_init_residual`` for a plain net (its blocks would output zeros).
     """
     check_choice("depth", depth, CIFAR_DEPTHS, "the paper's CIFAR-10 depths, 6n + 2")
     check_choice("shortcut", shortcut, SHORTCUTS, "A: zero padding, B: projections")
@@ -111,7 +118,14 @@ def make_cifar_resnet(
     if not isinstance(num_classes, int) or num_classes < 1:
         raise BackboneOptionError("num_classes", num_classes, "a positive integer")
     stem = CifarStem(3, STAGE_WIDTHS[0], norm=norm)
+    if zero_init_residual and not residual:
+        raise BackboneOptionError(
+            "zero_init_residual", True, "False", "a plain net has no residual branch to zero"
+        )
     stages = cifar_stages(depth, residual=residual, shortcut=shortcut, norm=norm)
+    if zero_init_residual:
+        for block in (block for stage in stages for block in stage):
+            nn.init.zeros_(block.last_norm.weight)
     backbone = ResNet(stem, stages, out_features=("res4",), memory_format="contiguous")
     return Classifier(
         backbone,
@@ -121,3 +135,49 @@ def make_cifar_resnet(
         label_smoothing=label_smoothing,
         architecture={"cifar_depth": depth, "residual": residual, "shortcut": shortcut},
     )
+
+
+def build_cifar_classifier(
+    depth: int,
+    num_classes: int,
+    options: dict[str, Any] | None = None,
+    *,
+    label_smoothing: float = 0.0,
+    pixel_mean: Sequence[float] = PIXEL_MEAN,
+    pixel_std: Sequence[float] = PIXEL_STD,
+) -> tuple[Classifier, dict[str, Any]]:
+    """:func:`make_cifar_resnet` called as :func:`~.classifier.build_classifier` is (the
+    pretraining's family ``"cifar"``): ``options`` from :data:`CIFAR_OPTIONS`.
+
+    Returns:
+        ``(classifier, architecture)``.
+
+    Raises:
+        BackboneOptionError: an option that is not one of :data:`CIFAR_OPTIONS` (named, with
+            those allowed), or a value :func:`make_cifar_resnet` refuses.
+    """
+    options = dict(options or {})
+    for key, value in options.items():
+        if key not in CIFAR_OPTIONS:
+            raise BackboneOptionError(
+                key, value, ", ".join(CIFAR_OPTIONS), "not an option of the CIFAR ResNets"
+            )
+    classifier = make_cifar_resnet(
+        depth,
+        num_classes=num_classes,
+        pixel_mean=pixel_mean,
+        pixel_std=pixel_std,
+        label_smoothing=label_smoothing,
+        **options,
+    )
+    return classifier, classifier.architecture
+
+
+# A pretraining's family (``PretrainRun.family``, ``CLASSIFIER.FAMILY``) -> its builder: the
+# ImageNet ResNets of make_resnet, or the paper's CIFAR-10 nets.
+CLASSIFIER_BUILDERS = {"imagenet": build_classifier, "cifar": build_cifar_classifier}
+
+
+def family_option_names(family: str) -> tuple[str, ...]:
+    """The options a pretraining's KEY VALUE pairs may set for nets of ``family``."""
+    return resnet_option_names() if family == "imagenet" else CIFAR_OPTIONS

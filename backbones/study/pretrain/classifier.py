@@ -38,16 +38,21 @@ def resnet_option_names() -> tuple[str, ...]:
     return tuple(name for name in parameters if name not in RESERVED_OPTIONS)
 
 
-def parse_resnet_options(pairs: Sequence[str]) -> dict[str, Any]:
+def parse_resnet_options(
+    pairs: Sequence[str], allowed: Sequence[str] | None = None
+) -> dict[str, Any]:
     """``["num_groups", "32", "stem_type", "deep"]`` -> ``{"num_groups": 32, "stem_type":
     "deep"}``: values through ``ast.literal_eval``, kept as strings where that fails.
 
+    ``allowed``: the keys allowed (default: :func:`resnet_option_names`).
+
     Raises:
-        BackboneOptionError: an odd number of items, or a key that is not a keyword of
-            :func:`backbones.make_resnet` (named, with the keywords allowed).
+        BackboneOptionError: an odd number of items, or a key that is not allowed (named, with
+            the keys allowed).
     """
     pairs = list(pairs)
-    allowed = resnet_option_names()
+    what = "not a keyword of backbones.make_resnet" if allowed is None else "not an option here"
+    allowed = resnet_option_names() if allowed is None else tuple(allowed)
     flags = [p for p in pairs[::2] if p.startswith("-")]
     if flags:
         raise BackboneOptionError(
@@ -64,7 +69,7 @@ def parse_resnet_options(pairs: Sequence[str]) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             value = text
         if key not in allowed:
-            reason = RESERVED_OPTIONS.get(key, "not a keyword of backbones.make_resnet")
+            reason = RESERVED_OPTIONS.get(key, what)
             raise BackboneOptionError(key, value, ", ".join(allowed), reason)
         options[key] = value
     return options

@@ -16,7 +16,8 @@ from detectron2.config import CfgNode, get_cfg
 from ...config import add_backbones_config
 from ...weights import atomic_write
 from ..data.classification import CHANNEL_ORDER, ArrayDataset, ClassificationData, DataSpec
-from .classifier import PIXEL_MEAN, PIXEL_STD, build_classifier
+from .cifar import CLASSIFIER_BUILDERS
+from .classifier import PIXEL_MEAN, PIXEL_STD
 from .run import CONFIG, PretrainRun, ResumeError
 
 # Recipe.schedule -> SOLVER.LR_SCHEDULER_NAME: Detectron2's schedules (fvcore's cosine and
@@ -39,6 +40,7 @@ RESUMABLE_KEYS = (
 LENGTH_KEYS = ("SOLVER.STEPS", "SOLVER.WARMUP_ITERS")
 # What the user gave for a key, as a resume refusal names it.
 FLAGS = {
+    "CLASSIFIER.FAMILY": "--family",
     "CLASSIFIER.DEPTH": "--depth",
     "CLASSIFIER.RESNET_OPTIONS": "resnet_options, the KEY VALUE pairs",
     "CLASSIFIER.NUM_CLASSES": "the data's classes",
@@ -68,6 +70,9 @@ def add_classifier_config(cfg: CfgNode) -> CfgNode:
     Detectron2 has no key for. Returns ``cfg``."""
     data = DataSpec()
     cfg.CLASSIFIER = CfgNode()
+    # Options: "imagenet" (make_resnet's family), "cifar" (the paper's CIFAR-10 nets,
+    # make_cifar_resnet: DEPTH 20/32/44/56/110).
+    cfg.CLASSIFIER.FAMILY = "imagenet"
     # The net: make_resnet(DEPTH, **PRETRAIN_RESNET_DEFAULTS, **options), the options as
     # KEY VALUE strings whose values are Python literals, e.g. ["num_groups", "32"].
     cfg.CLASSIFIER.DEPTH = 50
@@ -137,7 +142,8 @@ def classifier_cfg(run: PretrainRun, data: ClassificationData, *, world_size: in
         cpus = max(1, (os.cpu_count() or 1) // world_size)
         workers = 0 if isinstance(data.train, ArrayDataset) else min(8, cpus)
     with torch.device("cpu" if "weights" in run.resnet_options else "meta"):
-        _, architecture = build_classifier(run.depth, data.num_classes, run.resnet_options)
+        build = CLASSIFIER_BUILDERS[run.family]
+        _, architecture = build(run.depth, data.num_classes, run.resnet_options)
 
     cfg = add_classifier_config(add_backbones_config(get_cfg()))
     cfg.OUTPUT_DIR = run.output_dir
@@ -172,6 +178,7 @@ def classifier_cfg(run: PretrainRun, data: ClassificationData, *, world_size: in
     cfg.TEST.EVAL_PERIOD = eval_period
     cfg.DATALOADER.NUM_WORKERS = workers
     c = cfg.CLASSIFIER
+    c.FAMILY = run.family
     c.DEPTH = run.depth
     c.RESNET_OPTIONS = [text for k, v in run.resnet_options.items() for text in (k, repr(v))]
     c.NUM_CLASSES = data.num_classes

@@ -20,6 +20,8 @@ from ...weights import read_file
 from ..data.classification import DataSpec
 
 SCHEDULES = ("cosine", "step")
+# The nets: make_resnet's ImageNet family, or the paper's CIFAR-10 nets (make_cifar_resnet).
+FAMILIES = ("imagenet", "cifar")
 # Epochs when neither max_iter nor epochs is given: torchvision's ImageNet recipe; the paper's
 # CIFAR-10 schedule (64k iterations of 128 images); fewer on the synthetic set (CPU-sized).
 DEFAULT_EPOCHS = {"folder": 90, "cifar10": 164, "synthetic": 30}
@@ -94,7 +96,9 @@ class PretrainRun:
     Attributes:
         output_dir: the run's folder.
         depth, resnet_options: ``make_resnet(depth, **resnet_options)`` (over
-            ``PRETRAIN_RESNET_DEFAULTS``).
+            ``PRETRAIN_RESNET_DEFAULTS``), or for ``family="cifar"``
+            ``make_cifar_resnet(depth, **resnet_options)``.
+        family: ``"imagenet"`` or ``"cifar"`` (:data:`FAMILIES`).
         data: which data (:class:`~backbones.study.data.classification.DataSpec`).
         recipe: the optimisation.
         resume: continue from the newest checkpoint in ``output_dir`` if there is one.
@@ -114,6 +118,10 @@ class PretrainRun:
     stop_at: int | None = None
     progress: SeriesProgress = field(default_factory=SeriesProgress)
     after_eval: Callable[[str, list[dict]], Any] | None = None
+    family: str = "imagenet"
+
+    def __post_init__(self) -> None:
+        check_choice("family", self.family, FAMILIES)
 
     def length(self, num_train: int) -> tuple[int, int]:
         """``(max_iter, iterations per epoch)`` on ``num_train`` training images: the recipe's
@@ -189,9 +197,12 @@ def read_result(output_dir: str | os.PathLike) -> PretrainResult:
 # Command-line flags shared by tools/pretrain_classifier.py and tools/degradation.py
 
 
-def add_pretrain_arguments(parser: argparse.ArgumentParser, recipe: Recipe) -> None:
+def add_pretrain_arguments(
+    parser: argparse.ArgumentParser, recipe: Recipe, data_defaults: DataSpec | None = None
+) -> None:
     """The data, recipe and process flags of the pretraining tools, with ``recipe``'s values
-    as defaults; :func:`pretrain_settings` reads them back."""
+    (and the synthetic set's of ``data_defaults``) as defaults; :func:`pretrain_settings` reads
+    them back."""
     data = parser.add_argument_group("data (default: the embedded synthetic set)")
     source = data.add_mutually_exclusive_group()
     source.add_argument(
@@ -200,8 +211,13 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser, recipe: Recipe) -> N
     source.add_argument(
         "--cifar", metavar="DIR", help="CIFAR-10's python batches (cifar-10-batches-py)"
     )
-    data.add_argument("--input-size", type=int, help="network input side (default: the data's)")
-    synthetic = DataSpec()
+    synthetic = data_defaults or DataSpec()
+    data.add_argument(
+        "--input-size",
+        type=int,
+        default=synthetic.input_size,
+        help="network input side (default: %s)" % (synthetic.input_size or "the images' own"),
+    )
     for flag, value, text in (
         ("--num-classes", synthetic.num_classes, "synthetic classes (2..100)"),
         ("--num-train", synthetic.num_train, "synthetic training images"),

@@ -45,7 +45,8 @@ from ..data.classification import (
     ClassificationDataError,
     load_classification_data,
 )
-from .classifier import build_classifier, parse_resnet_options
+from .cifar import CLASSIFIER_BUILDERS, family_option_names
+from .classifier import parse_resnet_options
 from .config import check_resumable, classifier_cfg, data_spec, write_config
 from .hooks import ClassificationEval, ClassificationEvaluator, EvaluationWriter, SeriesPrinter
 from .run import (
@@ -112,8 +113,8 @@ class ClassifierTrainer(Trainer):
         """The :class:`~.classifier.Classifier` of ``CLASSIFIER.*``, normalising its inputs with
         ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``, on ``MODEL.DEVICE``."""
         c = cfg.CLASSIFIER
-        options = parse_resnet_options(c.RESNET_OPTIONS)
-        model, _ = build_classifier(
+        options = parse_resnet_options(c.RESNET_OPTIONS, family_option_names(c.FAMILY))
+        model, _ = CLASSIFIER_BUILDERS[c.FAMILY](
             c.DEPTH,
             c.NUM_CLASSES,
             options,
@@ -123,7 +124,8 @@ class ClassifierTrainer(Trainer):
         )
         given = "".join(f", {k}={v!r}" for k, v in options.items())
         logger.info(
-            f"Classifier: ResNet-{c.DEPTH}{given}, {c.NUM_CLASSES} classes, "
+            f"Classifier: {'CIFAR ' if c.FAMILY == 'cifar' else ''}ResNet-{c.DEPTH}{given}, "
+            f"{c.NUM_CLASSES} classes, "
             f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
         )
         return model.to(torch.device(cfg.MODEL.DEVICE))
@@ -257,7 +259,13 @@ def _run_process(
         trainer.resume_or_load(resume=run.resume)
         trainer.train()
     final = Path(cfg.OUTPUT_DIR) / WEIGHTS
-    if comm.is_main_process() and trainer.iter >= trainer.max_iter and final.is_file():
+    # A CIFAR net is no detector backbone: no config lines for it.
+    if (
+        comm.is_main_process()
+        and cfg.CLASSIFIER.FAMILY == "imagenet"
+        and trainer.iter >= trainer.max_iter
+        and final.is_file()
+    ):
         lines = config_lines(read_weights(final), str(final))
         logger.info(
             f"{run.progress.label}wrote {final}; to fine-tune a detector from it:\n"
