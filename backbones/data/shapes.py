@@ -6,11 +6,14 @@ in order, so later ones occlude earlier ones; each annotation describes the visi
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -161,6 +164,24 @@ def publish_generated(tmp_dir: Path, target: Path, *, generator: str) -> None:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def generation_lock(target: Path, what: str) -> Iterator[None]:
+    """Hold the lock of generating ``target`` (a file lock, ``.<name>.lock`` beside it): one
+    process generates a set while the others started at the same moment wait, with a message,
+    then find it complete. Shared by the generated datasets (shapes, synthetic classes)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info(f"Waiting for another process that generates {what} in {target} ...")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def read_params(split_dir: Path) -> dict | None:
     try:
         return json.loads((split_dir / _PARAMS_FILE).read_text())
@@ -223,10 +244,15 @@ def ensure_generated(dataset_name: str) -> tuple[Path, Path]:
     params = _split_params(split, num_images, config["image_size"], config["seed"])
     if _is_complete(root / split, params):
         return _split_paths(root / split, split)
-    logger.info(f"Generating {num_images} images of '{dataset_name}' in {root / split} ...")
-    return generate_shapes(
-        root, split, num_images=num_images, image_size=config["image_size"], seed=config["seed"]
-    )
+    # One process generates; the others wait, then find the split complete (never a folder
+    # moved away under a reader).
+    with generation_lock(root / split, f"'{dataset_name}'"):
+        if _is_complete(root / split, params):
+            return _split_paths(root / split, split)
+        logger.info(f"Generating {num_images} images of '{dataset_name}' in {root / split} ...")
+        return generate_shapes(
+            root, split, num_images=num_images, image_size=config["image_size"], seed=config["seed"]
+        )
 
 
 def _load_split(dataset_name: str) -> list[dict]:

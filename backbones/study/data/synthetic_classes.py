@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ...data.shapes import default_root, publish_generated, read_params
+from ...data.shapes import default_root, generation_lock, publish_generated, read_params
 
 SHAPES = tuple("disk ring triangle square hexagon star cross crescent arrow heart".split())
 TEXTURES = tuple("solid stripes checker dots grid rings gradient waves speckle halves".split())
@@ -306,8 +306,8 @@ def ensure_synthetic_split(
     """The folder of a cached split, generated first if it is not on disk.
 
     The split is drawn into a temporary folder next to its place and renamed into it, so an
-    interrupted generation never leaves a partial split, and two processes generating at once
-    both end with the same complete one.
+    interrupted generation never leaves a partial split; of processes asking at once, one draws
+    it (under :func:`~backbones.data.shapes.generation_lock`) and the others wait for it.
 
     Returns:
         the folder, holding ``images.npy`` (uint8 N x S x S x 3, RGB), ``labels.npy`` (int64)
@@ -326,7 +326,18 @@ def ensure_synthetic_split(
     target = synthetic_split_dir(root, split, **{k: params[k] for k in _SIZE_KEYS})
     if read_params(target) == params and (target / "labels.npy").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    # One process draws the split; the others wait, then find it complete.
+    with generation_lock(target, f"the synthetic {split} split"):
+        if read_params(target) == params and (target / "labels.npy").is_file():
+            return target
+        _generate(target, params)
+    return target
+
+
+def _generate(target: Path, params: dict) -> None:
+    """Draw the split of ``params`` into a temporary folder, then publish it as ``target``."""
+    num_images, split = params["num_images"], params["split"]
+    num_classes, image_size = params["num_classes"], params["image_size"]
     logger.info(f"Generating {num_images} synthetic {split} images into {target} ...")
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -346,7 +357,6 @@ def ensure_synthetic_split(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info(f"Generated {target} in {time.perf_counter() - start:.0f} s")
-    return target
 
 
 _SIZE_KEYS = ("num_images", "num_classes", "image_size", "seed")
