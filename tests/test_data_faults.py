@@ -27,7 +27,7 @@ from backbones.data.coco_faults import (
     scan_coco_file,
 )
 from backbones.engine import load_cfg
-from backbones.engine.cli import check_datasets, describe_error
+from backbones.engine.cli import DatasetFilesError, check_datasets, describe_error
 
 from helpers import load_script, write_coco_split
 
@@ -267,6 +267,22 @@ def test_check_datasets_names_an_unreadable_json(tmp_path, name):
         check_datasets(cfg)
 
 
+def test_check_datasets_finds_missing_images_before_the_first_iteration(tmp_path, name):
+    json_file, image_root = write_dataset(tmp_path)
+    wrong = tmp_path / "elsewhere"
+    wrong.mkdir()
+    (wrong / "0001.png").write_bytes((image_root / "0001.png").read_bytes())
+    with pytest.raises(DatasetFilesError) as error:
+        check_datasets(_cfg(name, json_file, wrong))
+    message = str(error.value)
+    listed = len(json.loads(json_file.read_text())["images"])
+    assert message.startswith(
+        f"DATASETS.TRAIN: dataset {name}: {listed - 1} of {listed} images listed in {json_file} "
+        f"are not in {wrong} (0002.png"
+    )
+    assert "--dataset NAME JSON IMAGE_ROOT" in message and "prepare_coco.py" in message
+
+
 def test_train_net_stops_before_building_anything(tmp_path):
     json_file, image_root = write_dataset(
         tmp_path, lambda c: c["annotations"][2].update(segmentation=[[1, 1, 5, 5]])
@@ -289,6 +305,27 @@ def test_train_net_stops_before_building_anything(tmp_path):
         "(bad_polygon 1): train.json: image 3, annotation 13: polygon 0 of 1 has 2 points"
     )
     assert "GeneralizedRCNN" not in proc.stdout + proc.stderr  # no model was built
+
+
+def test_train_net_names_missing_images_before_building_anything(tmp_path):
+    json_file, _ = write_dataset(tmp_path)
+    (tmp_path / "empty").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_"))}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    data = ["--dataset", "my_train", str(json_file), str(tmp_path / "empty")]
+    proc = subprocess.run(
+        [sys.executable, "tools/train_net.py", "--config-file", SHAPES, *data,
+         "DATASETS.TRAIN", '("my_train",)', "OUTPUT_DIR", str(tmp_path / "out")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert lines == [
+        f"error: DATASETS.TRAIN: dataset my_train: 3 of 3 images listed in {json_file} are not in "
+        f"{tmp_path / 'empty'} (0001.png, 0002.png, 0003.png); give the folder that holds them "
+        f"(--dataset NAME JSON IMAGE_ROOT), or list them with python datasets/prepare_coco.py "
+        f"--dataset {json_file} {tmp_path / 'empty'}"
+    ], proc.stderr[-3000:]
 
 
 # ---------------------------------------------------------------------------------------------

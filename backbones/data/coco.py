@@ -215,24 +215,35 @@ def _summarize_annotation_faults(report: SplitReport, findings: Sequence[Finding
             )
 
 
+def missing_image_files(coco: dict, image_root: str | os.PathLike) -> tuple[list[Any], int]:
+    """The ``file_name`` of each image of ``coco`` that is not a file under ``image_root``, and
+    the number of files in the folder: one directory listing (a set lookup per image, no stat);
+    names with a folder part fall back to the filesystem.
+
+    Raises:
+        OSError: the folder cannot be listed.
+    """
+    root = Path(image_root)
+    on_disk = {entry.name for entry in os.scandir(root) if entry.is_file()}
+    missing = [
+        image.get("file_name")
+        for image in coco["images"]
+        if image.get("file_name") not in on_disk
+        and not (root / str(image.get("file_name"))).is_file()
+    ]
+    return missing, len(on_disk)
+
+
 def _check_image_files(report: SplitReport, coco: dict, check_images: bool) -> None:
     """Listed images absent from ``image_dir``; with ``check_images``, also open each one
     (decoded, with findings, when ``report.faults`` is there)."""
     try:
-        on_disk = {entry.name for entry in os.scandir(report.image_dir) if entry.is_file()}
+        missing, num_files = missing_image_files(coco, report.image_dir)
     except OSError as e:
         report.inconsistent.append(f"images {report.image_dir}: cannot list the folder ({e})")
         return
-    report.present.append(f"images {report.image_dir} ({len(on_disk)} files)")
+    report.present.append(f"images {report.image_dir} ({num_files} files)")
     images = coco["images"]
-    # Every listed name is looked up (a set lookup per image, no stat); names with a folder
-    # part fall back to the filesystem.
-    missing = [
-        image.get("file_name")
-        for image in images
-        if image.get("file_name") not in on_disk
-        and not (report.image_dir / str(image.get("file_name"))).is_file()
-    ]
     report.num_checked = len(images)
     report.num_missing_images = len(missing)
     if missing:

@@ -21,9 +21,10 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
+from ..coco_json import read_coco_json
 from ..config import InputSettingsError, check_architecture, fetch_weights, read_ahead
-from ..data.coco import check_dataset_entry, datasets_root
-from ..data.coco_faults import COUNTED, FATAL, DataFaultError, scan_coco_file
+from ..data.coco import check_dataset_entry, datasets_root, missing_image_files
+from ..data.coco_faults import COUNTED, FATAL, DataFaultError, find_coco_faults
 from ..errors import BackboneOptionError, DivergenceError
 from ..weights import Weights, WeightsFormatError
 from .config import ConfigError
@@ -340,12 +341,28 @@ def _missing_voc_split(meta: dict) -> list[str]:
 
 
 def _check_data_faults(key: str, name: str, json_file: str, image_root: str) -> None:
-    """The JSON-only data faults of one dataset: raise on fatal ones, warn on counted ones."""
+    """The JSON's data faults of one dataset (raise on fatal ones, warn on counted ones), and
+    its listed images that are not in ``image_root`` (raise: found now, not at iteration 0)."""
     try:
-        report = scan_coco_file(json_file)
+        coco = read_coco_json(json_file)
     except DataFaultError as e:
         raise DataFaultError(f"{key}: dataset {name}: {e}") from None
+    report = find_coco_faults(coco, json_file)
     list_all = f"python datasets/prepare_coco.py --dataset {json_file} {image_root}"
+    try:
+        missing, _ = missing_image_files(coco, image_root)
+    except OSError as e:
+        raise DatasetFilesError(
+            f"{key}: dataset {name}: cannot list its image folder {image_root} ({e}); give the "
+            "folder that holds the images (--dataset NAME JSON IMAGE_ROOT)"
+        ) from None
+    if missing:
+        shown = ", ".join(map(str, missing[:3])) + (", ..." if len(missing) > 3 else "")
+        raise DatasetFilesError(
+            f"{key}: dataset {name}: {len(missing)} of {len(coco['images'])} images listed in "
+            f"{json_file} are not in {image_root} ({shown}); give the folder that holds them "
+            f"(--dataset NAME JSON IMAGE_ROOT), or list them with {list_all}"
+        )
     if not report.ok:
         raise DataFaultError(
             f"{key}: dataset {name}: {json_file} has {report.summary(FATAL)}. Fix the JSON "
