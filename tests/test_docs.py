@@ -158,3 +158,50 @@ def test_every_page_has_python_that_runs_or_says_why_not():
     # Guards the parser: a page with Python blocks at all has them found.
     total = sum(len(runnable(p)) for p in PARSED)
     assert total >= 10, f"only {total} runnable Python blocks found in {list(PARSED)}"
+
+
+def _blocks(lang: str) -> list[Block]:
+    return [b for blocks, _ in PARSED.values() for b in blocks if b.lang == lang]
+
+
+# A script run by its path finds the system Python through its shebang, or is not executable.
+DIRECT_SCRIPT = re.compile(r"^\s*(\$\s+)?(python3?\s+)?(?P<path>(tools|datasets|dev)/\S+\.py)\b")
+
+
+def test_shell_blocks_run_scripts_with_the_projects_python():
+    problems = []
+    for b in _blocks("bash"):
+        lines = b.code.splitlines()
+        for i, line in enumerate(lines):
+            m = DIRECT_SCRIPT.match(line)
+            continued = i > 0 and lines[i - 1].rstrip().endswith("\\")  # torchrun's argument
+            # The bootstrap: setup_env.py makes the venv, with the system's Python 3.
+            if m and not continued and not line.lstrip().startswith("python3 tools/setup_env.py"):
+                problems.append(
+                    f"{b.page}:{b.line + i}: {line.strip()!r}: run it as .venv/bin/python "
+                    f"{m.group('path')}"
+                )
+    assert not problems, "\n".join(problems)
+
+
+def test_yaml_blocks_merge_into_the_config(tmp_path):
+    """Each YAML config block merges into Detectron2's config with ours, as a file would (its
+    ``_BASE_`` read from configs/): a YAML flow mapping split at a comma fails here."""
+    from detectron2.config import get_cfg
+
+    from backbones.config import add_backbones_config
+
+    blocks = _blocks("yaml")
+    assert len(blocks) >= 4, [b.page for b in blocks]
+    for index, block in enumerate(blocks):
+        text = re.sub(
+            r'^_BASE_:\s*"?([^"\s]+)"?', lambda m: f'_BASE_: "{ROOT / "configs" / m.group(1)}"',
+            block.code, flags=re.M,
+        )  # fmt: skip
+        path = tmp_path / f"block{index}.yaml"
+        path.write_text(text)
+        cfg = add_backbones_config(get_cfg())
+        try:
+            cfg.merge_from_file(str(path))
+        except Exception as e:  # noqa: BLE001 - any failure, named with its block
+            pytest.fail(f"{block.page}:{block.line}: {type(e).__name__}: {e}")
