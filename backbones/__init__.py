@@ -16,7 +16,7 @@ import importlib
 import warnings
 from typing import Any
 
-from .quiet import THIRD_PARTY_WARNINGS
+from .quiet import THIRD_PARTY_WARNINGS, quiet_third_party_warnings
 
 # fvcore and Detectron2 script functions while they are imported (a torch.jit FutureWarning a
 # user can do nothing about); hidden for these imports only, the filters are restored after.
@@ -103,3 +103,6 @@ __all__ = [
 ]
 
 register_shapes()
+# Library use is quiet: the run-time notices of the pinned dependencies that a user can do
+# nothing about (listed in backbones/quiet.py, each a specific message) are hidden from here on.
+quiet_third_party_warnings()

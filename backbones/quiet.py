@@ -1,8 +1,12 @@
-"""Quiet by default: the third-party deprecation notices a user of the tools can do nothing about,
-hidden in the tools' processes (never in library code or tests). Standard library only.
+"""Quiet by default: the third-party deprecation notices a user can do nothing about, each a
+specific message of a pinned dependency, hidden in the tools' processes and in a program that
+imports ``backbones``. Standard library only.
 
 Import-time notices of Detectron2's dependencies are hidden by ``backbones/__init__.py`` while it
-imports them; :func:`quiet_third_party_warnings` hides the ones raised later, at run time.
+imports them (import ``backbones`` before ``detectron2`` to hide those of Detectron2's own
+import); :func:`quiet_third_party_warnings`, which importing ``backbones`` calls, hides the ones
+raised later, at run time. Our own warnings are never filtered. The tests see every warning
+(pytest.ini).
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ class _DropRecords(logging.Filter):
 def quiet_third_party_warnings() -> None:
     """Hide :data:`THIRD_PARTY_WARNINGS` and :data:`THIRD_PARTY_LOG_RECORDS` in this process.
 
-    For the tools' ``main`` (and each process they start), not for library code or tests.
+    Called when ``backbones`` is imported, and by the tools' ``main`` (and each process they
+    start: a spawned process begins with Python's default filters).
     """
     for message, category in THIRD_PARTY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)

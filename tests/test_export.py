@@ -145,6 +145,21 @@ def test_image_size_must_fit_the_fpn_strides():
         example_images(model, (100, 64))
 
 
+def test_cli_names_a_size_the_fpn_cannot_take_in_one_line(tmp_path):
+    widths = ["--set", "stem_out_channels=8", "--set", "res2_out_channels=8"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "export_backbone.py"), "--fpn", "--depth", "18",
+         *widths, "--size", "100", "100", "--output", str(tmp_path / "x.pt")],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "error: --size 100 100: image_size=(100, 100) is not supported (the FPN's strides); "
+        "allowed: positive multiples of 32"
+    )
+    assert not (tmp_path / "x.pt").exists()
+
+
 def run_cli(*args: str) -> str:
     result = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "export_backbone.py"), *args],

@@ -322,8 +322,8 @@ SHAPES = "configs/lazy/mrcnn_r18_shapes.py"
             "override train.max_iter=ten: must be a number, like 1000",
         ),
         (
-            ["--config-file", SHAPES, "train.max_iter=10", "--eval-only"],
-            "--eval-only after the key=value overrides: give the options first",
+            ["--config-file", SHAPES, "train.max_iter=10", "--evl-only"],  # not a flag
+            "--evl-only after the key=value overrides: give the options first",
         ),
         (
             ["--config-file", SHAPES, "dataloader.train.dataset.names=shapes_trian"],

@@ -323,3 +323,31 @@ def test_training_starts_from_the_published_weights_in_the_cache(tmp_path):
     final = torch.load(output / "model_final.pth", map_location="cpu", weights_only=False)
     stem = final["model"]["backbone.bottom_up.stem.conv1.weight"]
     assert torch.equal(stem, state["conv1.weight"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags given after the KEY VALUE pairs
+
+
+def test_flags_after_the_key_value_pairs_are_taken_as_flags():
+    from backbones.engine.cli import parse_training_args
+
+    args = parse_training_args(
+        "DATASETS.TRAIN/TEST",
+        ["--config-file", "c.yaml", "SOLVER.MAX_ITER", "10", "--dataset", "a", "a.json", "img",
+         "OUTPUT_DIR", "out", "--resume", "SEED", "3", "--dataset", "b", "b.json", "img"],
+    )  # fmt: skip
+    assert args.opts == ["SOLVER.MAX_ITER", "10", "OUTPUT_DIR", "out", "SEED", "3"]
+    assert args.dataset == [["a", "a.json", "img"], ["b", "b.json", "img"]] and args.resume
+    lazy = parse_training_args(
+        "names", ["--config-file", "c.py", "train.max_iter=4", "--eval-only"]
+    )
+    assert lazy.opts == ["train.max_iter=4"] and lazy.eval_only
+
+
+def test_a_misplaced_flag_with_too_few_values_is_a_usage_error(capsys):
+    from backbones.engine.cli import parse_training_args
+
+    with pytest.raises(SystemExit) as exit_:
+        parse_training_args("DATASETS.TRAIN/TEST", ["SOLVER.MAX_ITER", "10", "--dataset", "a"])
+    assert exit_.value.code == 2 and "--dataset" in capsys.readouterr().err

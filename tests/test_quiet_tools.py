@@ -289,3 +289,28 @@ def test_split_stderr_tells_ours_from_a_dependency():
         "/lib/dep.py:9: DeprecationWarning: dep says\nsomething more\n  call()",
         "plain line",
     ]
+
+
+# ------------------------------------------------------------ library use, as the README shows it
+
+
+def test_the_readme_snippets_print_nothing_but_what_they_ask_for(tmp_path):
+    """The README's Python blocks in a fresh interpreter with Python's default filters: on
+    stderr only our CUDA fallback line (the config asks for cuda; this machine has none)."""
+    from test_docs import runnable
+
+    code = "\n".join(block.code for block in runnable("README.md"))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(_env(), DETECTRON2_DATASETS=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [
+        "MODEL.DEVICE=cuda, but this machine has no CUDA: running on the CPU instead (add "
+        "MODEL.DEVICE cpu to choose it and hide this line)"
+    ], proc.stderr

@@ -136,6 +136,9 @@ def test_train_writes_checkpoints_metrics_and_curves(trained, tiny_data):
     assert [d[0] for d in saved["BACKBONES"]["COCO_DATASETS"]] == list(tiny_data)
     assert list(output_dir.glob("events.out.tfevents.*"))
     assert iterations(output_dir) == [MAX_ITER - 1]
+    # log.txt is plain text: the config dumps without the console's colour codes.
+    log = (output_dir / "log.txt").read_text()
+    assert "Running with full config:" in log and "\x1b[" not in log
     # Evaluation after training: Trainer.build_evaluator with faster-coco-eval.
     assert "COCO evaluation of tiny_shapes_val with faster_coco_eval" in proc.stdout
     assert (output_dir / "inference" / "tiny_shapes_val" / "coco_instances_results.json").is_file()

@@ -80,7 +80,10 @@ def main() -> None:
         model = (make_resnet_fpn if args.fpn else make_resnet)(**options).eval()
     except (OSError, ValueError) as e:  # missing, unreadable or mismatched weights, bad options
         raise SystemExit(f"error: {e}") from None
-    images = example_images(model, tuple(args.size))
+    try:
+        images = example_images(model, tuple(args.size))
+    except ValueError as e:  # a size the FPN's strides do not divide
+        raise SystemExit(f"error: --size {args.size[0]} {args.size[1]}: {e}") from None
     if args.format == "torchscript":
         exported = script_backbone(model)
         exported.save(args.output)

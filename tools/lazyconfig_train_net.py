@@ -39,12 +39,12 @@ from backbones.engine.cli import (
     check_devices,
     describe_launch,
     launch_tool,
+    parse_training_args,
     plan_launch_from_args,
-    training_argument_parser,
     training_batch,
     user_errors,
 )
-from backbones.engine.config import ConfigError
+from backbones.engine.config import ConfigError, plain_log_files
 
 # The loading, checks and loops; tests and users' scripts reach them through this tool too.
 from backbones.engine.lazy import (  # noqa: F401
@@ -69,6 +69,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         cfg = load_config(args.config_file, args.opts, train=not args.eval_only, warn=False)
         view = yaml_view(cfg, args.dataset)
         register_datasets_from_cfg(view)  # a started process has none of the parent's
+        plain_log_files(cfg.train.output_dir)  # log.txt without colour codes
         default_setup(cfg, args)
         setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="backbones")
         if comm.is_main_process():
@@ -88,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Detectron2's arguments (``opts``: ``key=value`` overrides) plus ``--dataset``,
     ``--dist-timeout`` and ``--debug``, as in ``tools/train_net.py``; the launch flags are
     ``None`` when not given (under torchrun or SLURM the launcher decides them)."""
-    return training_argument_parser("dataloader.*.dataset.names").parse_args(argv)
+    return parse_training_args("dataloader.*.dataset.names", argv)
 
 
 def invoke_main(argv: list[str] | None = None) -> None:

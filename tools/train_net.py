@@ -38,8 +38,8 @@ from backbones.engine.cli import (
     check_weights,
     describe_launch,
     launch_tool,
+    parse_training_args,
     plan_launch_from_args,
-    training_argument_parser,
     training_batch,
     user_errors,
 )
@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ``--num-gpus``, ``--num-machines``, ``--machine-rank`` and ``--dist-url`` are ``None`` when
     not given: under torchrun or SLURM the launcher decides them.
     """
-    return training_argument_parser("DATASETS.TRAIN/TEST").parse_args(argv)
+    return parse_training_args("DATASETS.TRAIN/TEST", argv)
 
 
 def invoke_main() -> None:

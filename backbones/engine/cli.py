@@ -8,6 +8,7 @@ import argparse
 import difflib
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -77,6 +78,32 @@ def training_argument_parser(dataset_keys: str) -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the Python traceback of an error"
     )
     return parser
+
+
+# A config key in the KEY VALUE pairs (SOLVER.MAX_ITER, OUTPUT_DIR) or a LazyConfig override
+# (train.max_iter=10): where flags given after the pairs end.
+_OPT_START = re.compile(r"^([A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*|[\w.+~]+=.*)$")
+
+
+def parse_training_args(dataset_keys: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """:func:`training_argument_parser`'s arguments, with the tool's flags also taken where a
+    user puts them after the KEY VALUE pairs (``... SOLVER.MAX_ITER 10 --dataset a b c``):
+    argparse would pass them on as config keys (``Non-existent key: --dataset``)."""
+    parser = training_argument_parser(dataset_keys)
+    args = parser.parse_args(argv)
+    opts, flags, rest = [], [], list(args.opts)
+    while rest:
+        item = rest.pop(0)
+        if item.startswith("--") and item.split("=")[0] in parser._option_string_actions:
+            flags.append(item)
+            while rest and not rest[0].startswith("--") and not _OPT_START.match(rest[0]):
+                flags.append(rest.pop(0))
+        else:
+            opts.append(item)
+    if flags:
+        parser.parse_args(flags, namespace=args)
+    args.opts = opts
+    return args
 
 
 # ---------------------------------------------------------------------------------------------

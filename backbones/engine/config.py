@@ -73,8 +73,8 @@ def load_cfg(
     apply_input_settings(cfg, config_origins(config_file, opts), config_file=config_file)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(
-            "MODEL.DEVICE=%s but CUDA is not available here: using MODEL.DEVICE cpu instead "
-            "(set it to say so)",
+            "MODEL.DEVICE=%s, but this machine has no CUDA: running on the CPU instead (add "
+            "MODEL.DEVICE cpu to choose it and hide this line)",
             cfg.MODEL.DEVICE,
         )
         cfg.MODEL.DEVICE = "cpu"
@@ -185,6 +185,40 @@ def _explained(error: Exception, cfg: CfgNode, where: str, opts: Sequence[str] =
     return error
 
 
+_ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _PlainFormatter(logging.Formatter):
+    """A log file's formatter without the colour codes that Detectron2's config dump carries."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _ANSI_CODES.sub("", self.inner.format(record))
+
+
+def plain_log_files(output_dir: str) -> None:
+    """Set up Detectron2's loggers as ``default_setup`` will (the same calls: its
+    ``setup_logger`` is cached), then make their ``log.txt`` handlers write without colour codes
+    (the highlighted YAML dumps stay coloured on the console only). Call before
+    ``default_setup``."""
+    if not output_dir:
+        return
+    rank = comm.get_rank()
+    loggers = [
+        setup_logger(output_dir, distributed_rank=rank, name="fvcore"),
+        setup_logger(output_dir, distributed_rank=rank),
+    ]
+    for log in loggers:
+        for handler in log.handlers:
+            name = os.path.basename(str(getattr(getattr(handler, "stream", None), "name", "")))
+            is_file = name.startswith("log.txt")
+            if is_file and not isinstance(handler.formatter, _PlainFormatter):
+                handler.setFormatter(_PlainFormatter(handler.formatter or logging.Formatter()))
+
+
 def setup(args: argparse.Namespace, cfg: CfgNode | None = None) -> CfgNode:
     """Prepare this process for ``cfg`` (composed by :func:`load_cfg` from ``args.config_file``
     and ``args.opts`` when None): register its datasets (a launched worker has none yet), then
@@ -194,6 +228,7 @@ def setup(args: argparse.Namespace, cfg: CfgNode | None = None) -> CfgNode:
         cfg = load_cfg(args.config_file, args.opts)
     else:
         register_datasets_from_cfg(cfg)
+    plain_log_files(cfg.OUTPUT_DIR)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="backbones")
     return cfg

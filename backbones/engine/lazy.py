@@ -122,8 +122,8 @@ def load_config(
     if device.startswith("cuda") and not torch.cuda.is_available():
         if warn:
             logger.warning(
-                "train.device=%s but CUDA is not available here: using train.device=cpu "
-                "instead (set it to say so)",
+                "train.device=%s, but this machine has no CUDA: running on the CPU instead "
+                "(add train.device=cpu to choose it and hide this line)",
                 device,
             )
         cfg.train.device = "cpu"
