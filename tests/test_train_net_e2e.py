@@ -253,3 +253,40 @@ def test_demo_with_trained_weights(trained, tiny_data, tmp_path):
     results = gt.loadRes(predictions["annotations"])
     assert len(results.anns) == len(predictions["annotations"]) > 0
     assert set(results.getCatIds()) <= {1, 2, 3, 4}
+
+
+def _visualize(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "visualize_predictions.py"), *args],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+
+
+def test_visualize_a_dataset_of_ones_own_with_the_runs_config(trained, tiny_data, tmp_path):
+    """The run's OUTPUT_DIR/config.yaml and ``--dataset NAME JSON IMAGE_ROOT``; the mistakes a
+    user makes with them are one error line each, before the model is built."""
+    output_dir, _ = trained
+    json_file, image_root = tiny_data["tiny_shapes_val"]
+    base = ["--config-file", str(output_dir / "config.yaml")]
+    base += ["--weights", str(output_dir / "model_final.pth"), "--score-thresh", "0.0"]
+    proc = _visualize(
+        tmp_path, *base, "--output", str(tmp_path / "vis"), "--num-images", "1",
+        "--dataset", "my_val", json_file, image_root,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((tmp_path / "vis").glob("*.png"))) == 1
+    for extra, status, message in (
+        (["--dataset", "my_vall"], 2, "error: DATASETS.TEST: no dataset named my_vall"),
+        (["--dataset", "a", "b"], 1, "error: --dataset a b: give NAME, or NAME JSON IMAGE_ROOT"),
+        (
+            ["MODEL.ROI_HEADS.NUM_CLASSES", "7"],
+            2,
+            "predicts 4 classes but the config has MODEL.ROI_HEADS.NUM_CLASSES 7: give the config "
+            "the model was trained with (its OUTPUT_DIR/config.yaml)",
+        ),
+    ):
+        proc = _visualize(tmp_path, *base, "--output", str(tmp_path / "bad"), *extra)
+        assert proc.returncode == status and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert message in proc.stderr.strip().splitlines()[-1], proc.stderr[-3000:]
+        assert not (tmp_path / "bad").exists()

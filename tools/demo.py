@@ -3,12 +3,14 @@
 
 Examples::
 
-    tools/demo.py --config-file configs/mrcnn_r18_shapes.yaml --input img.png 'photos/*.jpg' \
+    .venv/bin/python tools/demo.py --config-file configs/mrcnn_r18_shapes.yaml --input img.png 'photos/*.jpg' \
         --output out/demo MODEL.WEIGHTS output/mrcnn_r18_shapes/model_final.pth
-    tools/demo.py --config-file cfg.yaml --input clip.mp4 --every 10 --output out/clip \
+    .venv/bin/python tools/demo.py --config-file cfg.yaml --input clip.mp4 --every 10 --output out/clip \
         --image-format jpg --confidence-threshold 0.3 MODEL.WEIGHTS model.pth
 
-Runs on CPU (``MODEL.DEVICE cpu`` is used when CUDA is missing). See ``backbones/inference.py``
+Give the config the model was trained with (its OUTPUT_DIR/config.yaml: the number of classes
+and the input settings are there); a model whose classes differ from the config's is an error
+before anything is built. Runs on CPU (``MODEL.DEVICE cpu`` is used when CUDA is missing). See ``backbones/inference.py``
 for the layout of ``predictions.json``.
 """
 
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         # yacs reports an unknown key with an AssertionError.
         raise SystemExit(f"error: {args.config_file}: {e}") from None
     with user_errors():  # the weights: downloaded if needed and checked before the model is built
-        check_weights(cfg, config_file=args.config_file)
+        check_weights(cfg, config_file=args.config_file, inference=True)
     try:
         result = run_demo(
             cfg,

@@ -450,7 +450,12 @@ def read_run_weights(
 
 
 def check_weights(
-    cfg: CfgNode, weights: str | None = None, *, config_file: str = "", resume: bool = False
+    cfg: CfgNode,
+    weights: str | None = None,
+    *,
+    config_file: str = "",
+    resume: bool = False,
+    inference: bool = False,
 ) -> str | None:
     """Resolve, before anything is built, the weights a run loads (``weights``, by default
     ``MODEL.WEIGHTS``): the local file, the copy in Detectron2's download cache, or a download
@@ -460,6 +465,9 @@ def check_weights(
 
     Args:
         config_file: the YAML, to offer its sibling made for the weights on a mismatch.
+        inference: the weights are a detector to run as it is (not to fine-tune): its box
+            classifier must predict the config's ``MODEL.ROI_HEADS.NUM_CLASSES`` (a ConfigError
+            naming both numbers and the config to use).
 
     Returns:
         the local file, None when nothing is loaded from it.
@@ -483,6 +491,14 @@ def check_weights(
     settings = read.input if cfg.BACKBONES.INPUT_FROM_WEIGHTS == "auto" else None
     name = f"MODEL.WEIGHTS {url}" + ("" if path == url else f" (the copy at {path})")
     check_architecture(cfg, read.architecture, name, settings=settings, config_file=config_file)
+    scores = read.state.get("roi_heads.box_predictor.cls_score.weight")
+    if inference and scores is not None and len(scores) != cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1:
+        raise ConfigError(
+            f"{name} predicts {len(scores) - 1} classes but the config has "
+            f"MODEL.ROI_HEADS.NUM_CLASSES {cfg.MODEL.ROI_HEADS.NUM_CLASSES}: give the config the "
+            "model was trained with (its OUTPUT_DIR/config.yaml), or add "
+            f"MODEL.ROI_HEADS.NUM_CLASSES {len(scores) - 1}"
+        )
     return path
 
 
