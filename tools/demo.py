@@ -3,15 +3,16 @@
 
 Examples::
 
-    .venv/bin/python tools/demo.py --config-file configs/mrcnn_r18_shapes.yaml --input img.png 'photos/*.jpg' \
-        --output out/demo MODEL.WEIGHTS output/mrcnn_r18_shapes/model_final.pth
-    .venv/bin/python tools/demo.py --config-file cfg.yaml --input clip.mp4 --every 10 --output out/clip \
-        --image-format jpg --confidence-threshold 0.3 MODEL.WEIGHTS model.pth
+    .venv/bin/python tools/demo.py --config-file output/mrcnn_r18_shapes/config.yaml \
+        --input img.png 'photos/*.jpg' --output out/demo \
+        MODEL.WEIGHTS output/mrcnn_r18_shapes/model_final.pth
+    .venv/bin/python tools/demo.py --config-file cfg.yaml --input clip.mp4 --every 10 \
+        --output out/clip --image-format jpg --confidence-threshold 0.3 MODEL.WEIGHTS model.pth
 
 Give the config the model was trained with (its OUTPUT_DIR/config.yaml: the number of classes
 and the input settings are there); a model whose classes differ from the config's is an error
-before anything is built. Runs on CPU (``MODEL.DEVICE cpu`` is used when CUDA is missing). See ``backbones/inference.py``
-for the layout of ``predictions.json``.
+before anything is built. Runs on CPU (``MODEL.DEVICE cpu`` is used when CUDA is missing). See
+``backbones/inference/demo.py`` for the layout of ``predictions.json``.
 """
 
 from __future__ import annotations
