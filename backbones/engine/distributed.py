@@ -432,6 +432,9 @@ def _run_in_process(
         if store is not None:
             store.set_timeout(timeout)  # all met: the training's own waits may be long
         main_func(*args)
+        # All finished before any leaves: a process that tears the group down (and rank 0 the
+        # store) while another still talks to it can abort that one at exit.
+        comm.synchronize()
     finally:
         dist.destroy_process_group()
 
