@@ -117,7 +117,7 @@ def test_missing_coco_is_named_before_anything_is_built(tmp_path):
         "datasets/prepare_coco.py",
     ):
         assert fix in line
-    assert proc.stderr.count("MODEL.DEVICE=cuda but CUDA is not available") == 1
+    assert proc.stderr.count("MODEL.DEVICE=cuda, but this machine has no CUDA") == 1
     assert "GeneralizedRCNN" not in proc.stdout + proc.stderr  # no model was built
 
 
