@@ -290,3 +290,40 @@ def test_visualize_a_dataset_of_ones_own_with_the_runs_config(trained, tiny_data
         assert proc.returncode == status and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert message in proc.stderr.strip().splitlines()[-1], proc.stderr[-3000:]
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_second_training_in_the_same_output_dir_is_refused_until_the_first_ends(
+    tiny_data, tmp_path
+):
+    output_dir = tmp_path / "out"
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
+    command = [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config-file", str(CONFIG)]
+    command += dataset_flags(tiny_data) + TINY_OPTS + ["OUTPUT_DIR", str(output_dir)]
+    first = subprocess.Popen(
+        command + ["SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "2"],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not (output_dir / "last_checkpoint").is_file():  # training, with a checkpoint
+            assert first.poll() is None and time.time() < deadline, "the first run stopped"
+            time.sleep(0.5)
+        second = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+        assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-3000:]
+        assert (
+            second.stderr.strip()
+            .splitlines()[-1]
+            .startswith(
+                f"error: OUTPUT_DIR {output_dir} is in use by another training (process {first.pid} "
+            )
+        ), second.stderr[-3000:]
+    finally:
+        first.kill()
+        first.wait()
+    # The first is gone (killed: its lock went with it): --resume continues its checkpoints.
+    third = subprocess.run(
+        command + ["--resume", "SOLVER.MAX_ITER", "6", "TEST.EVAL_PERIOD", "0"],
+        env=env, cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "is in use" not in third.stderr and "Loading from" in third.stdout

@@ -43,7 +43,7 @@ from backbones.engine.cli import (
     training_batch,
     user_errors,
 )
-from backbones.engine.config import ConfigError
+from backbones.engine.config import ConfigError, lock_output_dir
 
 logger = logging.getLogger("backbones.train_net")
 
@@ -103,6 +103,8 @@ def invoke_main() -> None:
         check_datasets(cfg, train=not args.eval_only)
         # MODEL.WEIGHTS: downloaded now if needed, read once, checked against the config.
         check_weights(cfg, config_file=args.config_file, resume=args.resume)
+        if not args.eval_only and plan.rank == 0:  # one training per OUTPUT_DIR at a time
+            lock_output_dir(cfg.OUTPUT_DIR)
         launch_tool(main, plan, args, (args, cfg), cfg.MODEL.DEVICE)
 
 

@@ -28,7 +28,7 @@ from ..data.coco import check_dataset_entry, datasets_root, missing_image_files
 from ..data.coco_faults import COUNTED, FATAL, DataFaultError, find_coco_faults
 from ..errors import BackboneOptionError, DivergenceError
 from ..weights import Weights, WeightsFormatError
-from .config import ConfigError
+from .config import ConfigError, RunInProgressError
 from .distributed import (
     DEFAULT_RENDEZVOUS_TIMEOUT,
     LaunchEnv,
@@ -514,6 +514,7 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
     InputSettingsError,
 )
 RUNTIME_ERRORS: tuple[type[Exception], ...] = (
+    RunInProgressError,
     FileNotFoundError,
     DataFaultError,
     WeightsFormatError,

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import fcntl
 import logging
 import os
 import re
+import socket
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -183,6 +187,45 @@ def _explained(error: Exception, cfg: CfgNode, where: str, opts: Sequence[str] =
             "value (quote values with spaces: SOLVER.STEPS '(1000, 2000)')"
         )
     return error
+
+
+class RunInProgressError(RuntimeError):
+    """Another training holds the output folder."""
+
+
+# The open lock file of this process's training (held until the process ends).
+_OUTPUT_LOCK: Any = None
+LOCK_FILE = ".training.lock"
+
+
+def lock_output_dir(output_dir: str) -> None:
+    """Hold ``OUTPUT_DIR/.training.lock`` for the rest of this process (the launching process
+    of a training, rank 0's machine): a second training started in the same folder meanwhile is
+    refused, naming the first's process; once that one has ended (the lock goes with its
+    process, killed or not), ``--resume`` continues it.
+
+    Raises:
+        RunInProgressError: another process holds the lock.
+    """
+    global _OUTPUT_LOCK
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, LOCK_FILE)
+    lock = open(path, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise RunInProgressError(
+            f"OUTPUT_DIR {output_dir} is in use by another training ({holder}); wait for it to "
+            "end (then --resume continues it), or give another OUTPUT_DIR"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"process {os.getpid()} on {socket.gethostname()}, started {time.ctime()}\n")
+    lock.flush()
+    _OUTPUT_LOCK = lock
 
 
 _ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
