@@ -9,9 +9,11 @@ cache, downloaded into it first where needed.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import shutil
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -191,12 +193,46 @@ class BackbonesCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", path)
-        atomic_write(path, lambda f: torch.save(data, f))
+        try:
+            atomic_write(path, lambda f: torch.save(data, f))
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise DiskFullError(_disk_full_message(path, data)) from None
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
         atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+
+class DiskFullError(OSError):
+    """A checkpoint that did not fit on the disk (the previous one is kept whole)."""
+
+
+def _disk_full_message(path: str, data: dict[str, Any]) -> str:
+    folder = os.path.dirname(path) or "."
+    free = shutil.disk_usage(folder).free
+    need = sum(t.numel() * t.element_size() for t in _tensors(data))
+    last = os.path.join(folder, "last_checkpoint")
+    kept = open(last).read().strip() if os.path.isfile(last) else None
+    return (
+        f"cannot write the checkpoint {path}: the disk is full ({free / 2**20:.0f} MiB free there; "
+        f"the checkpoint needs about {need / 2**20:.0f} MiB). "
+        + (f"The previous checkpoint {os.path.join(folder, kept)} is whole: free space, then "
+           "--resume continues from it" if kept else "Free space and start again")
+    )  # fmt: skip
+
+
+def _tensors(obj: Any):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
 
 
 # Checkpoints a training writes: model_final.pth, model_0004999.pth (group 1: the iteration).

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from pycocotools.coco import COCO
 
@@ -323,3 +324,43 @@ def test_a_second_training_in_the_same_output_dir_is_refused_until_the_first_end
     )  # fmt: skip
     assert third.returncode == 0, third.stderr[-3000:]
     assert "is in use" not in third.stderr and "Loading from" in third.stdout
+
+
+# train_net.py as a user runs it, on a disk that fills up at the second checkpoint.
+DISK_FULLS_AT_SECOND_SAVE = """
+import errno, runpy, sys, torch
+saves, save = [], torch.save
+def full(obj, f, *args, **kwargs):
+    saves.append(1)
+    if len(saves) == 2:
+        f.write(b"partial")  # some bytes made it before the disk filled up
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return save(obj, f, *args, **kwargs)
+torch.save = full
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_error_and_keeps_the_previous_one(tiny_data, tmp_path):
+    output_dir = tmp_path / "out"
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
+    command = [str(ROOT / "tools" / "train_net.py"), "--config-file", str(CONFIG)]
+    command += dataset_flags(tiny_data) + TINY_OPTS
+    command += ["OUTPUT_DIR", str(output_dir), "SOLVER.CHECKPOINT_PERIOD", "2"]
+    proc = subprocess.run(
+        [sys.executable, "-c", DISK_FULLS_AT_SECOND_SAVE, *command],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"error: cannot write the checkpoint {re.escape(str(output_dir))}/model_0000003\.pth: "
+        r"the disk is full \(\d+ MiB free there; the checkpoint needs about \d+ MiB\)\. The "
+        rf"previous checkpoint {re.escape(str(output_dir))}/model_0000001\.pth is whole: free "
+        r"space, then --resume continues from it",
+        last,
+    ), last
+    assert (output_dir / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert not list(output_dir.glob(".*.tmp")) and not (output_dir / "model_0000003.pth").exists()
+    assert "model" in torch.load(output_dir / "model_0000001.pth", weights_only=False)

@@ -22,6 +22,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
+from ..checkpoint import DiskFullError
 from ..coco_json import read_coco_json
 from ..config import InputSettingsError, check_architecture, fetch_weights, read_ahead
 from ..data.coco import check_dataset_entry, datasets_root, missing_image_files
@@ -515,6 +516,7 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
 )
 RUNTIME_ERRORS: tuple[type[Exception], ...] = (
     RunInProgressError,
+    DiskFullError,
     FileNotFoundError,
     DataFaultError,
     WeightsFormatError,
