@@ -257,7 +257,7 @@ def reproduce_small(
         pretrain_iters: the length of every pretraining.
         train_images: the detectors' training images (the first of ``shapes_train``); None:
             the config's training set.
-        detector_iters: ``SOLVER.MAX_ITER`` of the detectors (warmup: a quarter, at most 100);
+        detector_iters: ``SOLVER.MAX_ITER`` of the detectors (warmup: half of it, at most 100);
             None: the config's.
         scratch: also train the detectors from scratch (the comparison's other half).
         jobs: runs at once (the degradation tool's ``--jobs``; detector runs), each with

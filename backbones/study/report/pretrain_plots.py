@@ -210,6 +210,14 @@ def plot_degradation(
         for v, s in zip(m.mean[k], m.std[k])
     ]
     top = max(tops, default=1)
+    lows = [
+        v - s
+        for m in means
+        for k in ("train_error", "val_error")
+        for v, s in zip(m.mean[k], m.std[k])
+    ]
+    # Zoomed to the curves (a run near chance all the time would leave most of 0-100 empty).
+    bottom = max(0.0, 10 * (min(lows, default=0.0) // 10) - 5)
     for residual, ax in panels.items():
         for m in (m for m in means if m.residual == residual and m.iters):
             colour = colours[m.depth]
@@ -226,7 +234,7 @@ def plot_degradation(
         ax.set_title("residual networks" if residual else "plain networks")
         ax.set_xlabel("iteration")
         ax.set_ylabel("top-1 error (%)")
-        ax.set_ylim(0, min(100, top * 1.05 + 1))
+        ax.set_ylim(bottom, min(100, top * 1.02 + 1))
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(
