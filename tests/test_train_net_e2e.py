@@ -364,3 +364,40 @@ def test_a_full_disk_at_a_checkpoint_is_one_error_and_keeps_the_previous_one(tin
     assert (output_dir / "last_checkpoint").read_text() == "model_0000001.pth"
     assert not list(output_dir.glob(".*.tmp")) and not (output_dir / "model_0000003.pth").exists()
     assert "model" in torch.load(output_dir / "model_0000001.pth", weights_only=False)
+
+
+# train_net.py as a user runs it, with a data-loader worker killed (as the kernel's OOM killer
+# does) while it reads its third image.
+WORKER_KILLED = """
+import os, runpy, signal, sys
+import torch.utils.data
+from detectron2.data import detection_utils
+read, calls = detection_utils.read_image, []
+def read_or_die(*args, **kwargs):
+    calls.append(1)
+    if torch.utils.data.get_worker_info() is not None and len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return read(*args, **kwargs)
+detection_utils.read_image = read_or_die
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_killed_data_loader_worker_is_named_in_one_line(tiny_data, tmp_path):
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
+    command = [str(ROOT / "tools" / "train_net.py"), "--config-file", str(CONFIG)]
+    command += dataset_flags(tiny_data) + TINY_OPTS
+    command += ["OUTPUT_DIR", str(tmp_path / "out"), "DATALOADER.NUM_WORKERS", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKER_KILLED, *command],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"error: a data-loader worker \(process \d+\) (was killed by signal Killed|exited "
+        r"unexpectedly) \(out of memory\?\); fewer workers \(DATALOADER\.NUM_WORKERS\) or a "
+        r"smaller IMS_PER_BATCH need less memory, and --resume continues from the last checkpoint",
+        last,
+    ), proc.stderr[-3000:]

@@ -527,12 +527,30 @@ RUNTIME_ERRORS: tuple[type[Exception], ...] = (
 _KNOWN = ((USAGE_ERRORS, 2), (RUNTIME_ERRORS, 1))
 
 
+# torch's DataLoader when one of its worker processes died (_utils/signal_handling.py).
+_WORKER_DIED = re.compile(
+    r"DataLoader worker \(pids?\(?s?\)? ?([\d, ]+)\) (?:is killed by signal: (.+?)\.? *$|exited "
+    r"unexpectedly)"
+)
+
+
 def describe_error(error: BaseException) -> tuple[str | None, int] | None:
     """``(message, exit status)`` of a known mistake, or ``None`` for anything else. The
     message is ``None`` for a started process that failed and said why itself."""
     for errors, status in _KNOWN:
         if isinstance(error, errors):
             return str(error), status
+    died = _WORKER_DIED.search(str(error)) if isinstance(error, RuntimeError) else None
+    if died is not None:
+        pid, signal_text = died.groups()
+        how = f"was killed by signal {signal_text}" if signal_text else "exited unexpectedly"
+        memory = " (out of memory?)" if signal_text is None or "Killed" in signal_text else ""
+        return (
+            f"a data-loader worker (process {pid.strip()}) {how}{memory}; "
+            "fewer workers (DATALOADER.NUM_WORKERS) or a smaller IMS_PER_BATCH need less memory, "
+            "and --resume continues from the last checkpoint",
+            1,
+        )
     if isinstance(error, mp.ProcessRaisedException):
         # A started process failed before main() could say why (joining the others): its
         # traceback's last line names the error.
