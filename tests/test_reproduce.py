@@ -24,7 +24,9 @@ def option(command, key):
 
 
 def test_plan_pretrains_first_then_both_arms_of_each_seed_and_depth(tmp_path):
-    steps = reproduce.plan(tmp_path, depths=(18, 50), seeds=2, train_images=None)
+    steps = reproduce.plan(
+        tmp_path, reproduce.Settings(depths=(18, 50), seeds=2, train_images=None)
+    )
     assert [step.name for step in steps] == ["degradation"] + [
         f"{arm} R-{depth} seed {seed}"
         for seed in (0, 1)
@@ -50,11 +52,12 @@ def test_plan_pretrains_first_then_both_arms_of_each_seed_and_depth(tmp_path):
 
 
 def test_a_finished_run_is_skipped(tmp_path):
-    steps = reproduce.plan(tmp_path, depths=(18, 34), seeds=1, train_images=None)
+    tiny = reproduce.Settings(depths=(18, 34), seeds=1, train_images=None)
+    steps = reproduce.plan(tmp_path, tiny)
     run = steps[1].output_dir
     run.mkdir(parents=True)
     (run / "model_final.pth").write_bytes(b"")
-    again = reproduce.plan(tmp_path, depths=(18, 34), seeds=1, train_images=None)
+    again = reproduce.plan(tmp_path, tiny)
     assert again[1].command is None and again[2].command is not None
 
 
@@ -120,7 +123,7 @@ def test_reproduction_end_to_end_at_a_tiny_size(tmp_path, monkeypatch):
     ]  # fmt: skip
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
     monkeypatch.chdir(ROOT)
-    kwargs = dict(
+    settings = reproduce.Settings(
         depths=(18, 34),
         seeds=1,
         width=8,
@@ -131,7 +134,7 @@ def test_reproduction_end_to_end_at_a_tiny_size(tmp_path, monkeypatch):
         degradation_extra=synthetic,
         detector_opts=TINY_OPTS + datasets,
     )
-    result = reproduce.reproduce_small(tmp_path / "out", **kwargs)
+    result = reproduce.reproduce_small(tmp_path / "out", settings)
     assert not result.failed, [(s.name, s.output_dir / "reproduce.log") for s in result.failed]
     out = tmp_path / "out"
     assert (out / "degradation" / "resnet-34" / "seed0" / "model_final.pth").is_file()
@@ -146,6 +149,6 @@ def test_reproduction_end_to_end_at_a_tiny_size(tmp_path, monkeypatch):
     assert table[-1].startswith("| R-34 |") and "- |" not in table[-1]
     assert (out / "degradation" / "curves.csv").is_file()
     # Run again: every step is finished and skipped.
-    again = reproduce.plan(out, **{k: v for k, v in kwargs.items() if k != "jobs"})
+    again = reproduce.plan(out, settings)
     assert all(step.command is None for step in again)
     assert os.path.isfile(out / "pretrained_vs_scratch.md")

@@ -326,6 +326,20 @@ def test_a_second_training_in_the_same_output_dir_is_refused_until_the_first_end
     assert "is in use" not in third.stderr and "Loading from" in third.stdout
 
 
+def _failing_run(injection: str, tiny_data, tmp_path: Path, *opts: str) -> str:
+    """train_net.py on the tiny data into ``tmp_path/out``, in a Python that runs ``injection``
+    first (the fault); asserts exit status 1 without a traceback and returns the last line."""
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
+    command = [str(ROOT / "tools" / "train_net.py"), "--config-file", str(CONFIG)]
+    command += dataset_flags(tiny_data) + TINY_OPTS + ["OUTPUT_DIR", str(tmp_path / "out"), *opts]
+    proc = subprocess.run(
+        [sys.executable, "-c", injection, *command],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.stderr.strip().splitlines()[-1]
+
+
 # train_net.py as a user runs it, on a disk that fills up at the second checkpoint.
 DISK_FULLS_AT_SECOND_SAVE = """
 import errno, runpy, sys, torch
@@ -344,16 +358,9 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def test_a_full_disk_at_a_checkpoint_is_one_error_and_keeps_the_previous_one(tiny_data, tmp_path):
     output_dir = tmp_path / "out"
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
-    command = [str(ROOT / "tools" / "train_net.py"), "--config-file", str(CONFIG)]
-    command += dataset_flags(tiny_data) + TINY_OPTS
-    command += ["OUTPUT_DIR", str(output_dir), "SOLVER.CHECKPOINT_PERIOD", "2"]
-    proc = subprocess.run(
-        [sys.executable, "-c", DISK_FULLS_AT_SECOND_SAVE, *command],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]
+    last = _failing_run(
+        DISK_FULLS_AT_SECOND_SAVE, tiny_data, tmp_path, "SOLVER.CHECKPOINT_PERIOD", "2"
+    )
     assert re.fullmatch(
         rf"error: cannot write the checkpoint {re.escape(str(output_dir))}/model_0000003\.pth: "
         r"the disk is full \(\d+ MiB free there; the checkpoint needs about \d+ MiB\)\. The "
@@ -385,19 +392,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def test_a_killed_data_loader_worker_is_named_in_one_line(tiny_data, tmp_path):
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
-    command = [str(ROOT / "tools" / "train_net.py"), "--config-file", str(CONFIG)]
-    command += dataset_flags(tiny_data) + TINY_OPTS
-    command += ["OUTPUT_DIR", str(tmp_path / "out"), "DATALOADER.NUM_WORKERS", "1"]
-    proc = subprocess.run(
-        [sys.executable, "-c", WORKER_KILLED, *command],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]
+    last = _failing_run(WORKER_KILLED, tiny_data, tmp_path, "DATALOADER.NUM_WORKERS", "1")
     assert re.fullmatch(
         r"error: a data-loader worker \(process \d+\) (was killed by signal Killed|exited "
         r"unexpectedly) \(out of memory\?\); fewer workers \(DATALOADER\.NUM_WORKERS\) or a "
         r"smaller IMS_PER_BATCH need less memory, and --resume continues from the last checkpoint",
         last,
-    ), proc.stderr[-3000:]
+    ), last

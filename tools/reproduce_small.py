@@ -76,8 +76,7 @@ def main() -> None:
             f"--depths: no detector config for {missing} "
             f"({reproduce.DETECTOR_CONFIG.format(depth=missing[0])})"
         )
-    result = reproduce.reproduce_small(
-        args.output_root,
+    settings = reproduce.Settings(
         depths=args.depths,
         seeds=args.seeds,
         width=args.width,
@@ -88,6 +87,7 @@ def main() -> None:
         jobs=args.jobs or default_jobs(),
         detector_opts=args.opts,
     )
+    result = reproduce.reproduce_small(args.output_root, settings)
     for step in result.failed:
         print(
             f"error: {step.name} failed; its log: {step.output_dir / 'reproduce.log'}",

@@ -190,67 +190,11 @@ def detector_steps(
     return steps
 
 
-def plan(
-    output_root: str | os.PathLike,
-    *,
-    depths: Sequence[int] = DEFAULT_DEPTHS,
-    seeds: int = DEFAULT_SEEDS,
-    width: int = DEFAULT_WIDTH,
-    pretrain_iters: int = PRETRAIN_ITERS,
-    train_images: int | None = TRAIN_IMAGES,
-    detector_iters: int | None = DETECTOR_ITERS,
-    scratch: bool = True,
-    jobs: int = 1,
-    degradation_extra: Sequence[str] = (),
-    detector_opts: Sequence[str] = (),
-) -> list[Step]:
-    """The steps in order: the degradation experiment (the pretraining), then the detectors.
-    Arguments as :func:`reproduce_small`."""
-    root = Path(output_root)
-    opts = list(detector_opts)
-    if train_images:
-        opts = small_train_set(root, train_images) + opts
-    if detector_iters is not None:
-        opts += ["SOLVER.WARMUP_ITERS", str(min(DETECTOR_WARMUP, detector_iters // 2))]
-    steps = [
-        degradation_step(
-            root, depths=depths, seeds=seeds, width=width, max_iter=pretrain_iters, jobs=jobs,
-            extra=degradation_extra,
-        )
-    ]  # fmt: skip
-    steps += detector_steps(
-        root,
-        depths=depths,
-        seeds=seeds,
-        width=width,
-        scratch=scratch,
-        max_iter=detector_iters,
-        opts=opts,
-    )
-    return steps
+@dataclass
+class Settings:
+    """What a reproduction runs (the defaults: the measured run of docs/pretraining.md).
 
-
-def reproduce_small(
-    output_root: str | os.PathLike = "output/reproduce_small",
-    *,
-    depths: Sequence[int] = DEFAULT_DEPTHS,
-    seeds: int = DEFAULT_SEEDS,
-    width: int = DEFAULT_WIDTH,
-    pretrain_iters: int = PRETRAIN_ITERS,
-    train_images: int | None = TRAIN_IMAGES,
-    detector_iters: int | None = DETECTOR_ITERS,
-    scratch: bool = True,
-    jobs: int = 1,
-    degradation_extra: Sequence[str] = (),
-    detector_opts: Sequence[str] = (),
-    out: TextIO | None = None,
-) -> Reproduction:
-    """Run every step (see the module's docstring), then write the reports.
-
-    Args:
-        output_root: ``degradation/`` (with the pretrained nets), ``detection/<arm>/seed<k>/``,
-            the depth reports ``report_pretrained/`` and ``report_scratch/``, and
-            ``pretrained_vs_scratch.{md,csv,png}`` go here.
+    Attributes:
         depths: the ladder (each needs ``configs/mrcnn_r{depth}_shapes.yaml``); two or more.
         seeds: runs per net and per detector (seeds 0, 1, ...).
         width: of the pretrained nets and the detectors' ResNets (64: the paper's).
@@ -264,34 +208,85 @@ def reproduce_small(
             ``cpus / jobs`` threads.
         degradation_extra: more flags of the degradation tool (e.g. smaller synthetic sets).
         detector_opts: KEY VALUE overrides of every detector run.
+    """
+
+    depths: Sequence[int] = DEFAULT_DEPTHS
+    seeds: int = DEFAULT_SEEDS
+    width: int = DEFAULT_WIDTH
+    pretrain_iters: int = PRETRAIN_ITERS
+    train_images: int | None = TRAIN_IMAGES
+    detector_iters: int | None = DETECTOR_ITERS
+    scratch: bool = True
+    jobs: int = 1
+    degradation_extra: Sequence[str] = ()
+    detector_opts: Sequence[str] = ()
+
+
+def plan(output_root: str | os.PathLike, settings: Settings | None = None) -> list[Step]:
+    """The steps in order: the degradation experiment (the pretraining), then the detectors."""
+    s = settings or Settings()
+    root = Path(output_root)
+    opts = list(s.detector_opts)
+    if s.train_images:
+        opts = small_train_set(root, s.train_images) + opts
+    if s.detector_iters is not None:
+        opts += ["SOLVER.WARMUP_ITERS", str(min(DETECTOR_WARMUP, s.detector_iters // 2))]
+    steps = [
+        degradation_step(
+            root, depths=s.depths, seeds=s.seeds, width=s.width, max_iter=s.pretrain_iters,
+            jobs=s.jobs, extra=s.degradation_extra,
+        )
+    ]  # fmt: skip
+    steps += detector_steps(
+        root,
+        depths=s.depths,
+        seeds=s.seeds,
+        width=s.width,
+        scratch=s.scratch,
+        max_iter=s.detector_iters,
+        opts=opts,
+    )
+    return steps
+
+
+def reproduce_small(
+    output_root: str | os.PathLike = "output/reproduce_small",
+    settings: Settings | None = None,
+    *,
+    out: TextIO | None = None,
+) -> Reproduction:
+    """Run every step (see the module's docstring), then write the reports.
+
+    Args:
+        output_root: ``degradation/`` (with the pretrained nets), ``detection/<arm>/seed<k>/``,
+            the depth reports ``report_pretrained/`` and ``report_scratch/``, and
+            ``pretrained_vs_scratch.{md,csv,png}`` go here.
+        settings: what runs (:class:`Settings`).
         out: progress lines; default stdout.
     """
     out = out or sys.stdout
+    settings = settings or Settings()
     root = Path(output_root)
-    steps = plan(
-        root, depths=depths, seeds=seeds, width=width, pretrain_iters=pretrain_iters,
-        train_images=train_images, detector_iters=detector_iters, scratch=scratch, jobs=jobs,
-        degradation_extra=degradation_extra, detector_opts=detector_opts,
-    )  # fmt: skip
+    steps = plan(root, settings)
     result = Reproduction(steps)
     for step in steps:
         if step.command is None:
             print(f"{step.name}: finished, skipped ({step.output_dir})", file=out, flush=True)
     todo = [step for step in steps if step.command is not None]
     # Each detector process takes its share of the cores (the degradation tool sets its own).
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // settings.jobs))
     progress = _Progress(len(todo), out)
     for step in todo[:1] if todo and todo[0].name == "degradation" else []:
         progress.run(step)
     detectors = [step for step in todo if step.name != "degradation"]
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
+    with ThreadPoolExecutor(max(1, settings.jobs)) as pool:
         list(pool.map(progress.run, detectors))
     for arm in ARMS:
         runs = sorted(p for p in (root / "detection" / arm).glob("seed*/*") if p.is_dir())
         if runs:
             write_depth_report(runs, root / f"report_{arm}")
             print(f"depth report of the {arm} runs: {root / f'report_{arm}'}", file=out)
-    result.comparison = write_transfer_report(root, depths, seeds=seeds)
+    result.comparison = write_transfer_report(root, settings.depths, seeds=settings.seeds)
     print(f"pretrained vs scratch: {result.comparison}", file=out, flush=True)
     return result
 
