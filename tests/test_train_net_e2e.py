@@ -399,3 +399,37 @@ def test_a_killed_data_loader_worker_is_named_in_one_line(tiny_data, tmp_path):
         r"smaller IMS_PER_BATCH need less memory, and --resume continues from the last checkpoint",
         last,
     ), last
+
+
+def test_an_image_that_breaks_during_training_stops_with_its_name_or_is_skipped(
+    tiny_data, tmp_path
+):
+    """A training image corrupted after the checks (they look for the files, not into them):
+    BACKBONES.BAD_IMAGES stop (the default) names it in one line, skip trains on without it."""
+    json_file, image_root = tiny_data["tiny_shapes_train"]
+    images = tmp_path / "images"
+    shutil.copytree(image_root, images)
+    (images / "000002.png").write_bytes(b"\\x89PNG broken")
+    data = ["--dataset", "my_train", json_file, str(images)]
+    data += ["--dataset", "tiny_shapes_val", *tiny_data["tiny_shapes_val"]]
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
+    command = [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config-file", str(CONFIG)]
+    command += data + TINY_OPTS + ["DATASETS.TRAIN", '("my_train",)', "TEST.EVAL_PERIOD", "0"]
+    stop = subprocess.run(
+        command + ["OUTPUT_DIR", str(tmp_path / "stop"), "DATALOADER.NUM_WORKERS", "1"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert stop.returncode == 1 and "Traceback" not in stop.stderr, stop.stderr[-3000:]
+    assert re.fullmatch(
+        rf"error: {re.escape(str(images))}/000002\.png \(dataset my_train, image id 2, item 1 "
+        r"of the training list\) cannot be read: .+\. Fix or remove the file, or set "
+        r"BACKBONES\.BAD_IMAGES skip to train without such images",
+        stop.stderr.strip().splitlines()[-1],
+    ), stop.stderr[-3000:]
+    skip = subprocess.run(
+        command + ["OUTPUT_DIR", str(tmp_path / "skip"), "BACKBONES.BAD_IMAGES", "skip"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert skip.returncode == 0, skip.stderr[-3000:]
+    assert (tmp_path / "skip" / "model_final.pth").is_file()
+    assert "skipped " in skip.stdout + skip.stderr and "000002.png" in skip.stdout + skip.stderr

@@ -6,6 +6,7 @@ from detectron2.config import CfgNode as CN
 
 OPTIMIZERS = ("SGD", "AdamW")
 TRAIN_LOADERS = ("resumable", "detectron2")
+BAD_IMAGES = ("stop", "skip")
 
 
 def add_backbones_config(cfg: CN) -> CN:
@@ -89,6 +90,11 @@ def add_backbones_config(cfg: CN) -> CN:
     #   TrainingSampler or RepeatFactorTrainingSampler); "detectron2": Detectron2's loader (every
     #   sampler, but a resumed run sees other images than the run it continues).
     cfg.BACKBONES.TRAIN_LOADER = "resumable"
+    # A training image that cannot be read (a corrupt or vanished file, a size other than the
+    # JSON's) in the resumable loader. Options: "stop": the training stops with one error naming
+    #   the file, its dataset and index; "skip": it is skipped (another image takes its place,
+    #   drawn from the same seed), each one logged with the count so far.
+    cfg.BACKBONES.BAD_IMAGES = "stop"
     # A tensor whose shape differs between MODEL.WEIGHTS and the model is an error, except under
     # these name prefixes, where it is skipped and reported. E.g. fine-tuning a COCO detector on
     # other classes: ["roi_heads.box_predictor", "roi_heads.mask_head.predictor"].

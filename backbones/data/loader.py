@@ -22,6 +22,7 @@ resumed at iteration ``i`` reads the batches the uninterrupted run read.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -30,14 +31,24 @@ import numpy as np
 import torch
 import torch.utils.data as torchdata
 from detectron2.config import CfgNode
-from detectron2.data import DatasetFromList, DatasetMapper, get_detection_dataset_dicts
+from detectron2.data import (
+    DatasetFromList,
+    DatasetMapper,
+    MetadataCatalog,
+    get_detection_dataset_dicts,
+)
+from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.utils import comm
+
+from ..config.defaults import BAD_IMAGES
+from ..errors import check_choice
 
 __all__ = [
     "RESUMABLE_SAMPLERS",
     "ResumableBatchSampler",
     "SeededMapDataset",
+    "UnreadableImageError",
     "build_resumable_train_loader",
     "derive_seed",
     "seed_all_from",
@@ -165,14 +176,52 @@ class ResumableBatchSampler(torchdata.Sampler):
             ]
 
 
+class UnreadableImageError(OSError):
+    """A training image that cannot be read, named with its dataset and index."""
+
+
 class SeededMapDataset(torchdata.Dataset):
     """``mapper(dataset[index])`` for an ``(index, seed)`` key, with the global RNGs seeded from
     ``seed`` during the call and restored after it. A sample the mapper drops (``None``) is
-    replaced by another index drawn from the same seed."""
+    replaced by another index drawn from the same seed.
 
-    def __init__(self, dataset: Sequence[Any], mapper: Callable[[Any], Any]) -> None:
+    An image the mapper cannot read (an ``OSError``, or Detectron2's ``SizeMismatchError``)
+    raises :class:`UnreadableImageError` naming it (``bad_images="stop"``), or is skipped like a
+    dropped sample, with a warning and the count so far (``"skip"``). ``describe(item, index)``
+    names an item (default: its ``file_name`` and index)."""
+
+    def __init__(
+        self,
+        dataset: Sequence[Any],
+        mapper: Callable[[Any], Any],
+        *,
+        bad_images: str = "stop",
+        describe: Callable[[Any, int], str] | None = None,
+    ) -> None:
         self.dataset = dataset
         self.mapper = mapper
+        self.bad_images = bad_images
+        self.describe = describe or (lambda item, index: f"{item.get('file_name')} (item {index})")
+        self.skipped = 0
+
+    def _map(self, index: int) -> Any:
+        item = self.dataset[index]
+        try:
+            return self.mapper(item)
+        except (OSError, SizeMismatchError) as e:
+            what = self.describe(item, index)
+            reason = " ".join(str(e).split())
+            if self.bad_images == "stop":
+                raise UnreadableImageError(
+                    f"{what} cannot be read: {reason}. Fix or remove the file, or set "
+                    "BACKBONES.BAD_IMAGES skip to train without such images"
+                ) from None
+            self.skipped += 1
+            logger.warning(
+                "skipped %s: cannot be read: %s (%d skipped so far in this process; "
+                "BACKBONES.BAD_IMAGES skip)", what, reason, self.skipped,
+            )  # fmt: skip
+            return None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -183,7 +232,7 @@ class SeededMapDataset(torchdata.Dataset):
         try:
             for attempt in range(_MAX_RETRIES):
                 seed_all_from(derive_seed(seed, attempt))
-                data = self.mapper(self.dataset[index])
+                data = self._map(index)
                 if data is not None:
                     return data
                 index = random.randrange(len(self.dataset))
@@ -251,8 +300,12 @@ def build_resumable_train_loader(
         rank=rank,
         world_size=world_size,
     )
+    check_choice("BACKBONES.BAD_IMAGES", cfg.BACKBONES.BAD_IMAGES, BAD_IMAGES)
     dataset = SeededMapDataset(
-        DatasetFromList(dicts, copy=False), mapper or DatasetMapper(cfg, True)
+        DatasetFromList(dicts, copy=False),
+        mapper or DatasetMapper(cfg, True),
+        bad_images=cfg.BACKBONES.BAD_IMAGES,
+        describe=_ItemNames(cfg.DATASETS.TRAIN),
     )
     logger.info(
         "Resumable training loader: %d images, %d per process of %d per iteration, %s, %d workers",
@@ -270,6 +323,30 @@ def build_resumable_train_loader(
         # Its own generator: starting workers then draws nothing from the global torch RNG.
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+class _ItemNames:
+    """An item of ``DATASETS.TRAIN`` named by its file, its dataset (the one whose image folder
+    holds the file) and its index in the training list (picklable: for the workers)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.roots = []
+        for name in names:
+            root = (
+                MetadataCatalog.get(name).get("image_root", None)
+                if name in MetadataCatalog
+                else None
+            )
+            self.roots.append((name, os.path.abspath(root) if root else None))
+
+    def __call__(self, item: dict, index: int) -> str:
+        path = os.path.abspath(str(item.get("file_name")))
+        found = [n for n, root in self.roots if root and path.startswith(root + os.sep)]
+        names = found[:1] or [n for n, _ in self.roots]
+        return (
+            f"{item.get('file_name')} (dataset {' or '.join(names)}, image id "
+            f"{item.get('image_id')}, item {index} of the training list)"
+        )
 
 
 def _no_collation(batch: list[Any]) -> list[Any]:

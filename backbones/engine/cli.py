@@ -27,6 +27,7 @@ from ..coco_json import read_coco_json
 from ..config import InputSettingsError, check_architecture, fetch_weights, read_ahead
 from ..data.coco import check_dataset_entry, datasets_root, missing_image_files
 from ..data.coco_faults import COUNTED, FATAL, DataFaultError, find_coco_faults
+from ..data.loader import UnreadableImageError
 from ..errors import BackboneOptionError, DivergenceError
 from ..weights import Weights, WeightsFormatError
 from .config import ConfigError, RunInProgressError
@@ -515,6 +516,7 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
     InputSettingsError,
 )
 RUNTIME_ERRORS: tuple[type[Exception], ...] = (
+    UnreadableImageError,
     RunInProgressError,
     DiskFullError,
     FileNotFoundError,
@@ -525,6 +527,15 @@ RUNTIME_ERRORS: tuple[type[Exception], ...] = (
 )
 
 _KNOWN = ((USAGE_ERRORS, 2), (RUNTIME_ERRORS, 1))
+
+
+def _without_worker_traceback(message: str) -> str:
+    """A known error raised in a data-loader worker comes back with the worker's traceback in
+    its message (torch's ``ExceptionWrapper``): its own message is the traceback's last line."""
+    if "\nOriginal Traceback" not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
 
 
 # torch's DataLoader when one of its worker processes died (_utils/signal_handling.py).
@@ -539,7 +550,7 @@ def describe_error(error: BaseException) -> tuple[str | None, int] | None:
     message is ``None`` for a started process that failed and said why itself."""
     for errors, status in _KNOWN:
         if isinstance(error, errors):
-            return str(error), status
+            return _without_worker_traceback(str(error)), status
     died = _WORKER_DIED.search(str(error)) if isinstance(error, RuntimeError) else None
     if died is not None:
         pid, signal_text = died.groups()
