@@ -73,3 +73,21 @@ class DivergenceError(FloatingPointError):
             "(lower SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS or set "
             "SOLVER.CLIP_GRADIENTS.ENABLED True first; docs/troubleshooting.md)"
         )
+
+
+class StoppedBySignal(RuntimeError):
+    """A training stopped by a signal (a scheduler's SIGTERM) after writing a checkpoint of the
+    iteration it had finished; ``--resume`` continues from that checkpoint."""
+
+    # Every process of a training stops at the same iteration: one of them says it.
+    said_by_main_process = True
+
+    def __init__(self, signal_name: str, iteration: int, checkpoint: str) -> None:
+        self.signal_name, self.iteration, self.checkpoint = signal_name, iteration, checkpoint
+        super().__init__(signal_name, iteration, checkpoint)
+
+    def __str__(self) -> str:
+        return (
+            f"stopped by {self.signal_name} after iteration {self.iteration}: wrote "
+            f"{self.checkpoint}; --resume continues from it"
+        )

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -433,3 +434,47 @@ def test_an_image_that_breaks_during_training_stops_with_its_name_or_is_skipped(
     assert skip.returncode == 0, skip.stderr[-3000:]
     assert (tmp_path / "skip" / "model_final.pth").is_file()
     assert "skipped " in skip.stdout + skip.stderr and "000002.png" in skip.stdout + skip.stderr
+
+
+def test_sigterm_writes_a_checkpoint_of_the_iteration_and_resume_goes_on(tiny_data, tmp_path):
+    """A scheduler's SIGTERM to a 2-process training (the process the user started): both
+    processes finish the iteration, its checkpoint is written, one line says so, and --resume
+    continues from it."""
+    output_dir = tmp_path / "out"
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
+    command = [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config-file", str(CONFIG)]
+    command += ["--num-gpus", "2", *dataset_flags(tiny_data), *TINY_OPTS]
+    command += ["OUTPUT_DIR", str(output_dir), "TEST.EVAL_PERIOD", "0"]
+    training = subprocess.Popen(
+        command + ["SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "100000"],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        log = output_dir / "log.txt"
+        while not (log.is_file() and "Starting training from iteration" in log.read_text()):
+            assert training.poll() is None and time.time() < deadline, "the run stopped"
+            time.sleep(0.5)
+        time.sleep(3)  # a few iterations
+        training.send_signal(signal.SIGTERM)
+        out, err = training.communicate(timeout=120)
+    finally:
+        training.kill()
+    assert training.returncode == 1 and "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    match = re.fullmatch(
+        rf"error: stopped by SIGTERM after iteration (\d+): wrote "
+        rf"({re.escape(str(output_dir))}/model_(\d+)\.pth); --resume continues from it",
+        last,
+    )
+    assert match, err[-3000:]
+    iteration = int(match.group(1))
+    assert int(match.group(3)) == iteration and Path(match.group(2)).is_file()
+    assert (output_dir / "last_checkpoint").read_text() == f"model_{iteration:07d}.pth"
+    resumed = subprocess.run(
+        command + ["--resume", "SOLVER.MAX_ITER", str(iteration + 3)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Loading from {match.group(2)}" in resumed.stdout
+    assert iterations(output_dir)[-1] == iteration + 2  # the next ones, to the end

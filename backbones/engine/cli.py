@@ -28,7 +28,7 @@ from ..config import InputSettingsError, check_architecture, fetch_weights, read
 from ..data.coco import check_dataset_entry, datasets_root, missing_image_files
 from ..data.coco_faults import COUNTED, FATAL, DataFaultError, find_coco_faults
 from ..data.loader import UnreadableImageError
-from ..errors import BackboneOptionError, DivergenceError
+from ..errors import BackboneOptionError, DivergenceError, StoppedBySignal
 from ..weights import Weights, WeightsFormatError
 from .config import ConfigError, RunInProgressError
 from .distributed import (
@@ -516,6 +516,7 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
     InputSettingsError,
 )
 RUNTIME_ERRORS: tuple[type[Exception], ...] = (
+    StoppedBySignal,
     UnreadableImageError,
     RunInProgressError,
     DiskFullError,

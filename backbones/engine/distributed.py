@@ -7,7 +7,9 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import socket
+import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -270,7 +272,7 @@ def launch(
             main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout
         )
         return
-    mp.start_processes(
+    context = mp.start_processes(
         _cpu_worker,
         nprocs=num_gpus_per_machine,
         args=(
@@ -288,7 +290,31 @@ def launch(
             rendezvous_timeout,
         ),
         daemon=False,
+        join=False,
     )
+    _join_forwarding_signals(context)
+
+
+def _join_forwarding_signals(context: mp.ProcessContext) -> None:
+    """Wait for the started processes; a SIGTERM to this one (a scheduler stopping the job) is
+    passed on to them, which checkpoint and stop together, instead of ending this process and
+    leaving them running."""
+
+    def forward(signum: int, frame: object) -> None:
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, signum)
+
+    if threading.current_thread() is not threading.main_thread():  # signals are the main's
+        while not context.join():
+            pass
+        return
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        while not context.join():
+            pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _free_port() -> int:

@@ -30,11 +30,12 @@ from torch import nn
 from ..checkpoint import BackbonesCheckpointer
 from ..config.defaults import OPTIMIZERS, TRAIN_LOADERS
 from ..data.loader import ResumableBatchSampler, build_resumable_train_loader
-from ..errors import DivergenceError, check_choice
+from ..errors import DivergenceError, StoppedBySignal, check_choice
 from ..evaluation import FasterCOCOEvaluator
 from .ddp import create_ddp_model
 from .hooks import LossCurveWriter
 from .loop import ResumableAMPTrainer, ResumableSimpleTrainer
+from .preemption import CheckpointOnSignal
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class Trainer(DefaultTrainer):
     """
 
     # Failures the command line says as one message: the loop's traceback of them is not logged.
-    KNOWN_FAILURES: tuple[type[BaseException], ...] = (DivergenceError,)
+    KNOWN_FAILURES: tuple[type[BaseException], ...] = (DivergenceError, StoppedBySignal)
 
     def __init__(self, cfg: CfgNode) -> None:
         # DefaultTrainer.__init__, with our create_ddp_model (DDP without device ids for a CPU
@@ -217,6 +218,8 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self) -> list[HookBase]:
         hooks = super().build_hooks()
+        # Every process, first after the step: a SIGTERM writes a checkpoint of the iteration.
+        hooks.insert(2, CheckpointOnSignal())
         if comm.is_main_process():
             # Last, after the PeriodicWriter that writes metrics.json.
             hooks.append(LossCurveWriter(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.CHECKPOINT_PERIOD))

@@ -275,7 +275,7 @@ def reproduce_small(
     todo = [step for step in steps if step.command is not None]
     # Each detector process takes its share of the cores (the degradation tool sets its own).
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // settings.jobs))
-    progress = _Progress(len(todo), out)
+    progress = _Progress(len(todo), out, settings.jobs)
     for step in todo[:1] if todo and todo[0].name == "degradation" else []:
         progress.run(step)
     detectors = [step for step in todo if step.name != "degradation"]
@@ -295,8 +295,9 @@ class _Progress:
     """Runs the steps (from threads), with a line when each starts and ends: its time, the
     elapsed time and an ETA from the mean of the steps so far."""
 
-    def __init__(self, total: int, out: TextIO) -> None:
+    def __init__(self, total: int, out: TextIO, jobs: int = 1) -> None:
         self.total, self.out, self.ended, self.times = total, out, 0, []
+        self.jobs = max(1, jobs)
         self.start = time.perf_counter()
 
     def run(self, step: Step) -> None:
@@ -313,12 +314,12 @@ class _Progress:
         self.times.append(step.seconds)
         status = f"FAILED (exit {step.returncode}), see {log}" if step.returncode else "done"
         left = self.total - self.ended
-        eta = sum(self.times) / len(self.times) * left
+        eta = sum(self.times) / len(self.times) * left / self.jobs
         self._say(
             f"[{self.ended}/{self.total}] {step.name}: {status} in "
             f"{format_duration(step.seconds)}; elapsed "
             f"{format_duration(time.perf_counter() - self.start)}, ETA {format_duration(eta)} "
-            "(mean of the steps so far, one at a time)"
+            f"(mean of the steps so far, {self.jobs} at a time)"
         )
 
     def _say(self, line: str) -> None:
