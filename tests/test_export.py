@@ -230,3 +230,26 @@ def test_scripting_keeps_keys_after_detectron2_export_patches_its_classes():
     model = make_resnet_fpn(**CASES["R50-BN"], out_channels=16).eval()
     scripted = script_backbone(model)
     assert list(scripted.state_dict()) == list(model.state_dict())
+
+
+LOAD_ALONE = """
+import sys, warnings
+warnings.simplefilter("ignore")
+import torch
+import torchvision  # the scripted blocks name torchvision::deform_conv2d
+fpn = torch.jit.load(sys.argv[1])
+out = fpn(torch.zeros(1, 3, 64, 64))
+assert "backbones" not in sys.modules and "detectron2" not in sys.modules, sorted(sys.modules)
+print(sorted(out))
+"""
+
+
+def test_a_scripted_fpn_loads_with_torch_and_torchvision_alone(tmp_path):
+    model = make_resnet_fpn(18, **SMALL_BASIC).eval()
+    script_backbone(model).save(str(tmp_path / "fpn.pt"))
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_ALONE, str(tmp_path / "fpn.pt")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[0] == "['p2', 'p3', 'p4', 'p5', 'p6']"
