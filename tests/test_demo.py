@@ -234,3 +234,38 @@ def test_cli_exit_status(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 1
     assert f"error: No image or video files match '{tmp_path}/*.png'" in proc.stderr
+
+
+def test_a_batch_predicts_what_one_at_a_time_does(shapes, tmp_path):
+    """Predictor.batch on images of one size equals one image at a time; the demo's
+    --batch-size (frames of a video, then images of another size) writes the same predictions."""
+    _, image_root = shapes
+    cfg = load_cfg(str(CONFIG), TINY_OPTS + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+    torch.manual_seed(0)
+    predictor = Predictor(cfg)
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(image_root.glob("*.png"))]
+    together = predictor.instances_batch(images)
+    for image, batched in zip(images, together):
+        alone = predictor.instances(image)
+        assert len(alone) == len(batched) > 0
+        # Equal up to the float rounding of batched matrix products.
+        assert torch.equal(alone.pred_classes, batched.pred_classes)
+        assert torch.allclose(alone.scores, batched.scores, atol=1e-5)
+        assert torch.allclose(alone.pred_boxes.tensor, batched.pred_boxes.tensor, atol=1e-3)
+        assert (alone.pred_masks != batched.pred_masks).float().mean() < 1e-3
+    assert predictor.batch([]) == []
+
+    video = write_video(tmp_path / "clip.avi", num_frames=5)
+    results = []
+    for batch_size in ("1", "3"):
+        torch.manual_seed(0)  # the same random weights in both runs
+        output = tmp_path / f"out{batch_size}"
+        run_demo([video, image_root], output, "--batch-size", batch_size)
+        results.append(json.loads((output / "predictions.json").read_text()))
+    assert results[0]["images"] == results[1]["images"] and len(results[0]["images"]) == 8
+    one, batched = results[0]["annotations"], results[1]["annotations"]
+    assert [(a["image_id"], a["category_id"]) for a in one] == [
+        (a["image_id"], a["category_id"]) for a in batched
+    ]
+    assert np.allclose([a["bbox"] for a in one], [a["bbox"] for a in batched], atol=1e-3)
+    assert np.allclose([a["score"] for a in one], [a["score"] for a in batched], atol=1e-5)

@@ -51,6 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--image-format", choices=IMAGE_FORMATS, default="png")
     parser.add_argument("--every", type=int, default=1, help="take every N-th video frame")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="images or frames per forward (consecutive ones of one size; equal predictions)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE pairs"
@@ -79,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
             confidence_threshold=args.confidence_threshold,
             image_format=args.image_format,
             every=args.every,
+            batch_size=args.batch_size,
             progress=not args.no_progress,
         )
     except (FileNotFoundError, ValueError, KeyError) as e:

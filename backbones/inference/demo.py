@@ -187,6 +187,7 @@ def run_demo(
     image_format: str = "png",
     every: int = 1,
     progress: bool = True,
+    batch_size: int = 1,
 ) -> DemoResult:
     """Predict on image files and video frames; draw them and write ``predictions.json``.
 
@@ -205,6 +206,8 @@ def run_demo(
         image_format: "png" or "jpg".
         every: take every ``every``-th video frame, starting with the first.
         progress: show a tqdm progress bar over images and frames.
+        batch_size: images or frames per forward (consecutive ones of one size: the
+            predictions equal one at a time; :meth:`Predictor.batch`).
 
     Returns:
         the written files and counts.
@@ -212,6 +215,8 @@ def run_demo(
     check_choice("image_format", image_format, IMAGE_FORMATS)
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if confidence_threshold is not None:
         cfg = with_score_threshold(cfg, confidence_threshold)
     items = find_inputs(inputs)
@@ -223,38 +228,54 @@ def run_demo(
 
     total = sum(-(-item.num_frames // every) for item in items)
     images, annotations, written, used = [], [], [], set()
+
+    def predict(pending: list[tuple[InputFile, int | None, np.ndarray]]) -> None:
+        """Predict a batch of frames of one size, then draw and record each."""
+        predicted = predictor.instances_batch([frame_rgb for _, _, frame_rgb in pending])
+        for (item, frame, image_rgb), instances in zip(pending, predicted):
+            image_id = len(images) + 1
+            stem = item.path.stem if frame is None else f"{item.path.stem}_{frame:06d}"
+            name = f"{_unique_name(stem, used)}.{image_format}"
+            scale = drawing_scale(image_rgb)
+            vis = Visualizer(image_rgb, metadata, scale=scale, instance_mode=ColorMode.IMAGE)
+            drawn = vis.draw_instance_predictions(instances).get_image()
+            Image.fromarray(drawn).save(output_dir / name)
+            written.append(output_dir / name)
+            entry = {
+                "id": image_id,
+                "file_name": str(item.path),
+                "height": image_rgb.shape[0],
+                "width": image_rgb.shape[1],
+                "visualization": name,
+            }
+            if frame is not None:
+                entry["frame"] = frame
+            images.append(entry)
+            for result in instances_to_coco_json(instances, image_id):
+                result["category_id"] = to_dataset[result["category_id"]]
+                result["id"] = len(annotations) + 1
+                result["iscrowd"] = 0
+                if "segmentation" in result:
+                    result["area"] = float(mask_util.area(result["segmentation"]))
+                else:
+                    result["area"] = result["bbox"][2] * result["bbox"][3]
+                annotations.append(result)
+            bar.update()
+
     with tqdm(total=total, unit="img", desc="demo", disable=not progress) as bar:
+        pending: list[tuple[InputFile, int | None, np.ndarray]] = []
         for item in items:
             for frame, image_rgb in _frames(item, every):
-                image_id = len(images) + 1
-                stem = item.path.stem if frame is None else f"{item.path.stem}_{frame:06d}"
-                name = f"{_unique_name(stem, used)}.{image_format}"
-                instances = predictor.instances(image_rgb)
-                scale = drawing_scale(image_rgb)
-                vis = Visualizer(image_rgb, metadata, scale=scale, instance_mode=ColorMode.IMAGE)
-                drawn = vis.draw_instance_predictions(instances).get_image()
-                Image.fromarray(drawn).save(output_dir / name)
-                written.append(output_dir / name)
-                entry = {
-                    "id": image_id,
-                    "file_name": str(item.path),
-                    "height": image_rgb.shape[0],
-                    "width": image_rgb.shape[1],
-                    "visualization": name,
-                }
-                if frame is not None:
-                    entry["frame"] = frame
-                images.append(entry)
-                for result in instances_to_coco_json(instances, image_id):
-                    result["category_id"] = to_dataset[result["category_id"]]
-                    result["id"] = len(annotations) + 1
-                    result["iscrowd"] = 0
-                    if "segmentation" in result:
-                        result["area"] = float(mask_util.area(result["segmentation"]))
-                    else:
-                        result["area"] = result["bbox"][2] * result["bbox"][3]
-                    annotations.append(result)
-                bar.update()
+                # A batch holds frames of one size: then it equals one frame at a time.
+                if pending and pending[0][2].shape != image_rgb.shape:
+                    predict(pending)
+                    pending = []
+                pending.append((item, frame, image_rgb))
+                if len(pending) == batch_size:
+                    predict(pending)
+                    pending = []
+        if pending:
+            predict(pending)
     if not images:
         raise ValueError(f"No images or frames could be read from {inputs}")
 
