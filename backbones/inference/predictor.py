@@ -89,9 +89,9 @@ class Predictor(DefaultPredictor):
 
         Equal to one image at a time (up to the float rounding of batched matrix products:
         scores within 1e-5, boxes within 1e-3 px in the tests) for images of one size (a video,
-        a folder of one camera's pictures); images of other sizes are padded to the largest in the batch, which can change
-        the proposals near their bottom and right edges a little, so :func:`run_demo` batches
-        images of one size together.
+        a folder of one camera's pictures). Images of other sizes are padded to the largest in
+        the batch, which can change the proposals near their bottom and right edges a little,
+        so :func:`run_demo` batches images of one size together.
         """
         if not len(images_bgr):
             return []
