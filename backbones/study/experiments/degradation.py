@@ -250,13 +250,12 @@ def _run_jobs(
         pending = {
             pool.submit(_train_in_job, run, threads, process_setup): net for net, run in runs
         }
-        begun = {future: time.perf_counter() for future in pending}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 net = pending.pop(future)
-                error = future.result()
-                times.append(time.perf_counter() - begun[future])
+                error, seconds = future.result()
+                times.append(seconds)  # the run's own time, not its wait in the queue
                 left = len(pending)
                 eta = sum(times) / len(times) * left / jobs
                 status = "done" if error is None else f"FAILED: {error}"
@@ -271,8 +270,10 @@ def _run_jobs(
 
 def _train_in_job(
     run: PretrainRun, threads: int, process_setup: Callable[[], object] | None
-) -> str | None:
-    """One run in a job process: its error as one line (None when it finished)."""
+) -> tuple[str | None, float]:
+    """One run in a job process: its error as one line (None when it finished), and the
+    seconds it took."""
+    start = time.perf_counter()
     torch.set_num_threads(threads)
     for stream in (sys.stdout, sys.stderr):  # progress lines as they come, also into a file
         stream.reconfigure(line_buffering=True)
@@ -280,8 +281,8 @@ def _train_in_job(
         pretrain(run, num_gpus=1, process_setup=process_setup)
     except Exception as e:  # a divergence, a full disk: said by the main process, others go on
         logger.exception(f"{run.output_dir} failed")
-        return f"{type(e).__name__}: {e}"
-    return None
+        return f"{type(e).__name__}: {e}", time.perf_counter() - start
+    return None, time.perf_counter() - start
 
 
 def write_degradation_report(
