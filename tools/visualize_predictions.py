@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.dataset is None and not cfg.DATASETS.TEST:
             raise ConfigError("no --dataset given and DATASETS.TEST is empty")
         dataset = args.dataset[0] if args.dataset else cfg.DATASETS.TEST[0]
+        check_weights(cfg, args.weights, config_file=args.config_file, inference=True)
         view = cfg.clone()
         view.defrost()
         view.DATASETS.TEST = (dataset,)
         check_datasets(view, train=False)
-        check_weights(cfg, args.weights, config_file=args.config_file, inference=True)
     paths = visualize_predictions(
         cfg, args.weights, dataset, args.output, args.num_images, args.score_thresh
     )
