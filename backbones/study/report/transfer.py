@@ -40,7 +40,9 @@ def read_detector(path: Path, arm: str, depth: int, seed: int) -> DetectorResult
     """The last evaluation in ``path/metrics.json`` (Detectron2's writer), and the iterations."""
     records = load_metrics(path / "metrics.json") if (path / "metrics.json").is_file() else []
     aps = [ap for ap in (ap_values(r) for r in records) if ap]
-    iterations = max((int(r.get("iteration", -1)) + 1 for r in records), default=0)
+    # The training's records (Detectron2 writes the final evaluation one iteration later).
+    trained = [r for r in records if "total_loss" in r]
+    iterations = max((int(r["iteration"]) + 1 for r in trained), default=0)
     return DetectorResult(arm, depth, seed, iterations, aps[-1] if aps else {})
 
 
