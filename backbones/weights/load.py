@@ -78,12 +78,17 @@ class LoadReport:
 
 def _group(name: str) -> str:
     parts = name.split(".")
-    head = ".".join(parts[:2]) if parts[0] == "backbone" and len(parts) > 2 else parts[0]
+    # backbone.fpn_lateral2.*, backbone.bottom_up.res2.* / .fc.* (the ResNet's own modules)
+    depth = 3 if parts[:2] == ["backbone", "bottom_up"] else 2 if parts[0] == "backbone" else 1
+    head = ".".join(parts[: min(depth, len(parts) - 1)] or parts[:1])
     return re.sub(r"\d+$", "*", head) + ".*"
 
 
 def _summarise(names: Sequence[str], limit: int = 4) -> str:
-    groups = sorted({_group(n) for n in names})
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[_group(name)] = counts.get(_group(name), 0) + 1
+    groups = [f"{group} ({n} tensor{'s' if n > 1 else ''})" for group, n in sorted(counts.items())]
     shown = ", ".join(groups[:limit])
     return shown + (f" (+{len(groups) - limit} more)" if len(groups) > limit else "")
 
