@@ -152,3 +152,26 @@ def test_reproduction_end_to_end_at_a_tiny_size(tmp_path, monkeypatch):
     again = reproduce.plan(out, settings)
     assert all(step.command is None for step in again)
     assert os.path.isfile(out / "pretrained_vs_scratch.md")
+
+
+def test_make_reproduce_gpu_is_the_same_pipeline_wider_and_longer_on_cuda():
+    """The Makefile's reproduce-gpu command (not run here: no GPU) parses to the settings its
+    comment and docs/pretraining.md state."""
+    import importlib.util
+    import shlex
+    import subprocess
+
+    dry = subprocess.run(
+        ["make", "-n", "reproduce-gpu", "READY="], cwd=ROOT, capture_output=True, text=True
+    )
+    command = dry.stdout.replace("\\\n", " ")  # make -n keeps the continuation lines
+    (line,) = [line for line in command.splitlines() if "reproduce_small.py" in line]
+    argv = shlex.split(line)[2:]  # after PYTHON tools/reproduce_small.py
+    spec = importlib.util.spec_from_file_location("rs", ROOT / "tools" / "reproduce_small.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    args, settings = tool.parse_args(argv)
+    assert args.output_root == "output/reproduce_gpu"
+    assert (settings.width, settings.pretrain_iters, settings.train_images) == (32, 6000, 300)
+    assert (settings.detector_iters, settings.jobs, settings.seeds) == (1500, 4, 3)
+    assert list(settings.detector_opts) == ["MODEL.DEVICE", "cuda"]

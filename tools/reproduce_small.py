@@ -25,11 +25,8 @@ from backbones.study.experiments import reproduce
 from backbones.study.experiments.degradation import DEFAULT_SEEDS, DEFAULT_WIDTH, default_jobs
 
 
-def main() -> None:
-    quiet_third_party_warnings()  # each step's tool quiets its own processes
-    # The depth reports' progress over the runs (a line every 5 s with an ETA) on stderr.
-    logging.basicConfig(format="%(message)s")
-    logging.getLogger("backbones").setLevel(logging.INFO)
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, reproduce.Settings]:
+    """The flags, and the settings they give (the usage errors exit with status 2)."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -63,7 +60,7 @@ def main() -> None:
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of the detectors"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for flag in ("seeds", "width", "pretrain_iters", "jobs"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -87,6 +84,15 @@ def main() -> None:
         jobs=args.jobs or default_jobs(),
         detector_opts=args.opts,
     )
+    return args, settings
+
+
+def main() -> None:
+    quiet_third_party_warnings()  # each step's tool quiets its own processes
+    # The depth reports' progress over the runs (a line every 5 s with an ETA) on stderr.
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("backbones").setLevel(logging.INFO)
+    args, settings = parse_args()
     result = reproduce.reproduce_small(args.output_root, settings)
     for step in result.failed:
         print(
