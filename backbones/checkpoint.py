@@ -198,7 +198,9 @@ class BackbonesCheckpointer(DetectionCheckpointer):
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            raise DiskFullError(_disk_full_message(path, data)) from None
+            raise DiskFullError(
+                _disk_full_message(path, data, self.get_checkpoint_file())
+            ) from None
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
@@ -210,17 +212,15 @@ class DiskFullError(OSError):
     """A checkpoint that did not fit on the disk (the previous one is kept whole)."""
 
 
-def _disk_full_message(path: str, data: dict[str, Any]) -> str:
-    folder = os.path.dirname(path) or "."
-    free = shutil.disk_usage(folder).free
+def _disk_full_message(path: str, data: dict[str, Any], kept: str) -> str:
+    """``kept``: the checkpoint ``last_checkpoint`` names ("" for none)."""
+    free = shutil.disk_usage(os.path.dirname(path) or ".").free
     need = sum(t.numel() * t.element_size() for t in _tensors(data))
-    last = os.path.join(folder, "last_checkpoint")
-    kept = open(last).read().strip() if os.path.isfile(last) else None
     return (
         f"cannot write the checkpoint {path}: the disk is full ({free / 2**20:.0f} MiB free there; "
         f"the checkpoint needs about {need / 2**20:.0f} MiB). "
-        + (f"The previous checkpoint {os.path.join(folder, kept)} is whole: free space, then "
-           "--resume continues from it" if kept else "Free space and start again")
+        + (f"The previous checkpoint {kept} is whole: free space, then --resume continues "
+           "from it" if kept else "Free space and start again")
     )  # fmt: skip
 
 

@@ -201,7 +201,7 @@ class SeededMapDataset(torchdata.Dataset):
         self.dataset = dataset
         self.mapper = mapper
         self.bad_images = bad_images
-        self.describe = describe or (lambda item, index: f"{item.get('file_name')} (item {index})")
+        self.describe = describe or _file_and_index
         self.skipped = 0
 
     def _map(self, index: int) -> Any:
@@ -323,6 +323,11 @@ def build_resumable_train_loader(
         # Its own generator: starting workers then draws nothing from the global torch RNG.
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _file_and_index(item: dict, index: int) -> str:
+    """An item named by its file and index (module-level: picklable for the workers)."""
+    return f"{item.get('file_name')} (item {index})"
 
 
 class _ItemNames:

@@ -530,13 +530,20 @@ RUNTIME_ERRORS: tuple[type[Exception], ...] = (
 _KNOWN = ((USAGE_ERRORS, 2), (RUNTIME_ERRORS, 1))
 
 
+def _traceback_error(text: str) -> tuple[str, str]:
+    """``(error type, message)`` from the last line of a traceback's text
+    (``module.Type: message``)."""
+    kind, _, message = text.strip().splitlines()[-1].partition(": ")
+    return kind, message
+
+
 def _without_worker_traceback(message: str) -> str:
     """A known error raised in a data-loader worker comes back with the worker's traceback in
     its message (torch's ``ExceptionWrapper``): its own message is the traceback's last line."""
     if "\nOriginal Traceback" not in message:
         return message
-    last = message.strip().splitlines()[-1]
-    return last.split(": ", 1)[1] if ": " in last else last
+    kind, own = _traceback_error(message)
+    return own or kind
 
 
 # torch's DataLoader when one of its worker processes died (_utils/signal_handling.py).
@@ -566,8 +573,7 @@ def describe_error(error: BaseException) -> tuple[str | None, int] | None:
     if isinstance(error, mp.ProcessRaisedException):
         # A started process failed before main() could say why (joining the others): its
         # traceback's last line names the error.
-        last = str(error).strip().splitlines()[-1]
-        kind, _, message = last.partition(": ")
+        kind, message = _traceback_error(str(error))
         known = {e.__name__: status for errors, status in _KNOWN for e in errors}
         status = known.get(kind.rpartition(".")[2])
         return None if status is None else (message, status)

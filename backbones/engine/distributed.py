@@ -305,16 +305,15 @@ def _join_forwarding_signals(context: mp.ProcessContext) -> None:
             if process.is_alive():
                 os.kill(process.pid, signum)
 
-    if threading.current_thread() is not threading.main_thread():  # signals are the main's
-        while not context.join():
-            pass
-        return
-    previous = signal.signal(signal.SIGTERM, forward)
+    # Only the main thread takes signals (a launch from another thread just waits).
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, forward) if main else None
     try:
         while not context.join():
             pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _free_port() -> int:

@@ -46,9 +46,10 @@ class CheckpointOnSignal(HookBase):
         received = self.received or 0
         if comm.get_world_size() == 1:
             return received
-        device = next(self.trainer.model.parameters()).device
-        flag = torch.tensor([received], dtype=torch.int64, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        # On the CPU, over Detectron2's gloo group: on GPUs a device tensor here would
+        # synchronise the CUDA stream every iteration.
+        flag = torch.tensor([received], dtype=torch.int64)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=comm._get_global_gloo_group())
         return int(flag.item())
 
     def after_step(self) -> None:

@@ -13,6 +13,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, HookBase
+from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import (
     DatasetEvaluator,
     LVISEvaluator,
@@ -218,8 +219,10 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self) -> list[HookBase]:
         hooks = super().build_hooks()
-        # Every process, first after the step: a SIGTERM writes a checkpoint of the iteration.
-        hooks.insert(2, CheckpointOnSignal())
+        # Every process, right after the LR scheduler has stepped (the state the periodic
+        # checkpoints hold): a SIGTERM writes a checkpoint of the iteration.
+        after = next(i for i, h in enumerate(hooks) if isinstance(h, d2_hooks.LRScheduler)) + 1
+        hooks.insert(after, CheckpointOnSignal())
         if comm.is_main_process():
             # Last, after the PeriodicWriter that writes metrics.json.
             hooks.append(LossCurveWriter(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.CHECKPOINT_PERIOD))
