@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ...progress import format_duration
-from ..data.classification import DataSpec, load_classification_data
+from ..data.classification import DataSpec
 from ..pretrain.cifar import CLASSIFIER_BUILDERS
 from ..pretrain.run import (
     FAMILIES,
@@ -193,13 +193,13 @@ def run_degradation(
     if family == "cifar":
         width = None
     nets = plan_degradation(output_dir, depths, range(recipe.seed, recipe.seed + seeds))
-    options = {
-        id(n): net_options(n, family, resnet_options, width=width, zero_init=zero_init)
-        for n in nets
-    }
+
+    def options(net: DegradationNet) -> dict[str, Any]:
+        return net_options(net, family, resnet_options, width=width, zero_init=zero_init)
+
     for net in nets[::seeds]:  # every net's options, before any run starts
         with torch.device("meta"):
-            CLASSIFIER_BUILDERS[family](net.depth, 10, options[id(net)])
+            CLASSIFIER_BUILDERS[family](net.depth, 10, options(net))
     todo = [n for n in nets if not (resume and is_finished(n.output_dir, recipe.max_iter))]
     for net in nets:
         if net not in todo:
@@ -213,7 +213,7 @@ def run_degradation(
             net.depth,
             data=data,
             recipe=dataclasses.replace(recipe, seed=net.seed),
-            resnet_options=options[id(net)],
+            resnet_options=options(net),
             family=family,
             resume=resume,
             progress=SeriesProgress(f"[{net.label} {i + 1}/{len(todo)}] ", later),
@@ -224,8 +224,7 @@ def run_degradation(
     if jobs == 1:
         for net, run in runs:
             pretrain(run, num_gpus=num_gpus, process_setup=process_setup)
-    elif runs:
-        load_classification_data(data)  # generated here once, not by every job at the same time
+    elif runs:  # the synthetic set is drawn by one job while the others wait for it
         failed = _run_jobs(runs, jobs, process_setup)
     result = write_degradation_report(
         output_dir, depths, seeds=range(recipe.seed, recipe.seed + seeds), data=data,

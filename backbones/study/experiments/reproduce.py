@@ -274,8 +274,8 @@ def reproduce_small(
             print(f"{step.name}: finished, skipped ({step.output_dir})", file=out, flush=True)
     todo = [step for step in steps if step.command is not None]
     # Each detector process takes its share of the cores (the degradation tool sets its own).
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // settings.jobs))
-    progress = _Progress(len(todo), out, settings.jobs)
+    threads = str(max(1, (os.cpu_count() or 1) // settings.jobs))
+    progress = _Progress(len(todo), out, settings.jobs, dict(os.environ, OMP_NUM_THREADS=threads))
     for step in todo[:1] if todo and todo[0].name == "degradation" else []:
         progress.run(step)
     detectors = [step for step in todo if step.name != "degradation"]
@@ -295,9 +295,9 @@ class _Progress:
     """Runs the steps (from threads), with a line when each starts and ends: its time, the
     elapsed time and an ETA from the mean of the steps so far."""
 
-    def __init__(self, total: int, out: TextIO, jobs: int = 1) -> None:
+    def __init__(self, total: int, out: TextIO, jobs: int, env: dict[str, str]) -> None:
         self.total, self.out, self.ended, self.times = total, out, 0, []
-        self.jobs = max(1, jobs)
+        self.jobs, self.env = max(1, jobs), env
         self.start = time.perf_counter()
 
     def run(self, step: Step) -> None:
@@ -308,7 +308,7 @@ class _Progress:
         log = step.output_dir / "reproduce.log"
         self._say(f"{step.name}: started, log {log}")
         begin = time.perf_counter()
-        step.returncode = run_training(step.command, log)
+        step.returncode = run_training(step.command, log, self.env)
         step.seconds = time.perf_counter() - begin
         self.ended += 1
         self.times.append(step.seconds)

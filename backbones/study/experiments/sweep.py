@@ -15,7 +15,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -167,16 +167,21 @@ def plan_sweep(
     return runs
 
 
-def run_training(command: Sequence[str], log_path: str | os.PathLike) -> int:
-    """Run one training command, its output (stdout and stderr) appended to ``log_path``;
-    returns its exit status. The seam that tests replace and other launchers may too."""
+def run_training(
+    command: Sequence[str], log_path: str | os.PathLike, env: Mapping[str, str] | None = None
+) -> int:
+    """Run one training command (in ``env``, default this process's environment), its output
+    (stdout and stderr) appended to ``log_path``; returns its exit status. The seam that tests
+    replace and other launchers may too."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         log.write(f"# {datetime.datetime.now().isoformat(timespec='seconds')}: ")
         log.write(shlex.join(command) + "\n")
         log.flush()
-        return subprocess.run(list(command), stdout=log, stderr=subprocess.STDOUT).returncode
+        return subprocess.run(
+            list(command), stdout=log, stderr=subprocess.STDOUT, env=env
+        ).returncode
 
 
 def run_sweep(
