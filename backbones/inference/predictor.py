@@ -76,7 +76,7 @@ class Predictor(DefaultPredictor):
         )
         self.input_format = cfg.INPUT.FORMAT
 
-    def _input(self, image_bgr: np.ndarray) -> dict:
+    def model_input(self, image_bgr: np.ndarray) -> dict:
         """One image as the model takes it: resized as in testing, in ``INPUT.FORMAT``."""
         image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
         height, width = image.shape[:2]
@@ -96,7 +96,7 @@ class Predictor(DefaultPredictor):
         if not len(images_bgr):
             return []
         with torch.no_grad():
-            return self.model([self._input(image) for image in images_bgr])
+            return self.model([self.model_input(image) for image in images_bgr])
 
     def instances(self, image_rgb: np.ndarray) -> Instances:
         """Predictions for one uint8 RGB ``(H, W, 3)`` image, on the CPU, in its pixels."""
