@@ -38,7 +38,8 @@ class Timing:
         return self.detectron2_s / self.ours_s
 
 
-def _median_time(step, iters: int, warmup: int, device: torch.device) -> float:
+def median_time(step, iters: int, warmup: int, device: torch.device) -> float:
+    """Median seconds of ``iters`` calls of ``step()`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         step()
     times = []
@@ -101,7 +102,7 @@ def benchmark_fpn(
                     with torch.no_grad(), _autocast(dev, amp):
                         model(x)
 
-            seconds.append(_median_time(step, iters, warmup, dev))
+            seconds.append(median_time(step, iters, warmup, dev))
         timings.append(Timing(mode, *seconds))
     return timings
 
@@ -137,6 +138,53 @@ def _synthetic_batch(
     return inputs
 
 
+def detector_pair(cfg: CfgNode, device: str = "cpu") -> tuple[nn.Module, nn.Module]:
+    """Detectron2's built-in R-CNN and ours from ``cfg`` (which names our FPN builder), with
+    the same random weights, in eval mode.
+
+    Random convs under FrozenBN (the COCO recipes' norm, statistics 0 and 1) grow activations
+    through ~100 layers until the RPN's boxes overflow; a zero scale in each block's last norm
+    makes every block start as the identity (Goyal et al., 2017), with the same compute.
+    """
+    cfg = cfg.clone()  # a composed config is frozen
+    cfg.defrost()
+    cfg.MODEL.DEVICE = device
+    builtin_cfg = cfg.clone()
+    builtin_cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    reference = build_model(builtin_cfg).eval()
+    ours = build_model(cfg).eval()
+    state = reference.state_dict()
+    last = "conv3" if any(".conv3.norm.weight" in k for k in state) else "conv2"
+    for name in state:
+        if re.fullmatch(rf"backbone\.bottom_up\.res\d\.\d+\.{last}\.norm\.weight", name):
+            state[name].zero_()
+    reference.load_state_dict(state, strict=True)
+    ours.load_state_dict(state, strict=True)
+    return reference, ours
+
+
+def candidate_threshold(model: nn.Module, image: torch.Tensor, candidates: int) -> float:
+    """The class score above which ``candidates`` of an R-CNN's (proposal, class) candidates
+    lie on ``image``: as its ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``, that many enter the
+    per-class NMS.
+
+    Random weights score every class about 1 / (classes + 1), all under the recipes' 0.05 (no
+    detection, no NMS) or all over 0 (every candidate, 80,000 on COCO, in the NMS); neither is
+    the work of a trained model, whose count we set instead.
+    """
+    logits = []
+    hook = model.roi_heads.box_predictor.register_forward_hook(
+        lambda module, inputs, outputs: logits.append(outputs[0])
+    )
+    try:
+        with torch.no_grad():
+            model.eval()([{"image": image}])
+    finally:
+        hook.remove()
+    scores = torch.softmax(logits[0].float(), dim=-1)[:, :-1].flatten()
+    return float(scores.topk(min(candidates, scores.numel())).values[-1])
+
+
 def benchmark_detector(
     cfg: CfgNode,
     *,
@@ -160,23 +208,9 @@ def benchmark_detector(
         one :class:`Timing` (mode "detector train step").
     """
     dev = torch.device(device)
-    cfg = cfg.clone()  # a composed config is frozen
-    cfg.defrost()
-    cfg.MODEL.DEVICE = device
-    builtin_cfg = cfg.clone()
-    builtin_cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
-    reference = build_model(builtin_cfg).train()
-    ours = build_model(cfg).train()
-    # Random convs under FrozenBN (the COCO recipes' norm, statistics 0 and 1) grow activations
-    # through ~100 layers until the RPN's boxes overflow; a zero scale in each block's last norm
-    # makes every block start as the identity (Goyal et al., 2017), with the same compute.
-    state = reference.state_dict()
-    last = "conv3" if any(".conv3.norm.weight" in k for k in state) else "conv2"
-    for name in state:
-        if re.fullmatch(rf"backbone\.bottom_up\.res\d\.\d+\.{last}\.norm\.weight", name):
-            state[name].zero_()
-    reference.load_state_dict(state, strict=True)
-    ours.load_state_dict(state, strict=True)
+    reference, ours = detector_pair(cfg, device)
+    reference.train()
+    ours.train()
     if prepare is not None:
         prepare(ours)
     inputs = _synthetic_batch(batch, size, cfg.MODEL.ROI_HEADS.NUM_CLASSES, dev)
@@ -193,5 +227,5 @@ def benchmark_detector(
             optimizer.step()
 
         with EventStorage():  # the R-CNN heads log training statistics into one
-            seconds.append(_median_time(step, iters, warmup, dev))
+            seconds.append(median_time(step, iters, warmup, dev))
     return [Timing("detector train step", *seconds)]
