@@ -224,3 +224,12 @@ def test_run_eval_gives_eager_ap(tmp_path):
     for _, exported, eager in found:
         assert float(eager) > 1.0  # detections, not an empty model
         assert abs(float(exported) - float(eager)) <= 0.1
+
+
+def test_scripting_after_a_trace_in_the_process_is_refused(tmp_path):
+    model = detector("coco-retinanet")
+    export_detector(model, image(), tmp_path / "traced.ts")
+    with pytest.raises(RuntimeError, match="script in a fresh process"):
+        export_detector(model, image(), tmp_path / "scripted.ts", method="scripting")
+    assert not (tmp_path / "scripted.ts").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["traced.ts"]  # nothing half-written

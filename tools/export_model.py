@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     setup_logger(name="backbones")
     with user_errors():
         check_export_options(args.format, args.export_method)
-        cfg = load_cfg(args.config_file, args.opts)
+        # Exported and checked on the CPU (ONNX Runtime's CPU provider runs the ONNX file).
+        cfg = load_cfg(args.config_file, [*args.opts, "MODEL.DEVICE", "cpu"])
         check_weights(cfg, config_file=args.config_file, inference=True)
         image_file = sample_image_file(args, cfg.DATASETS.TEST)
         predictor = Predictor(cfg)

@@ -51,6 +51,7 @@ _SCRIPTED_FIELDS = {
 }
 
 
+# Set by the first trace: a later scripting in the process fails (see export_detector).
 _TRACED_IN_THIS_PROCESS = False
 # Farthest apart (largest corner difference, pixels) two detections of one class can be and
 # still be the same detection for compare_detections.
@@ -196,27 +197,33 @@ def export_detector(
             )
         wrapper = _ScriptableRCNN if isinstance(model, GeneralizedRCNN) else _ScriptableDense
         scripted = scripting_with_instances(wrapper(model).eval(), _SCRIPTED_FIELDS)
-        scripted.save(str(path))
+        partial = path.with_name(path.name + ".partial")  # no half-written file at the path
+        scripted.save(str(partial))
+        os.replace(partial, path)
         return sorted(detector_inference(model, image).get_fields())
     _TRACED_IN_THIS_PROCESS = True
     traceable = _Traceable(model).eval()
     # The tracer warns at every Python branch on a tensor (dozens in Detectron2); the outputs
     # are checked on a second image size instead (export_and_check).
+    # The exporter's note on advanced indexing (wrong results for negative indices) is
+    # checked the same way.
+    partial = path.with_name(path.name + ".partial")  # no half-written file at the path
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
         traceable(image)  # records the output names
         names = list(traceable.output_names)
         if format == "torchscript":
             traced = torch.jit.trace(traceable, (image,), check_trace=False)
             extra = {OUTPUTS_RECORD: json.dumps(names)}
-            torch.jit.save(traced, str(path), _extra_files=extra)
+            torch.jit.save(traced, str(partial), _extra_files=extra)
         else:
             # The TorchScript-based exporter (dynamo=False): the torch.export-based one cannot
             # take the data-dependent shapes of NMS and the per-level RoI assignment.
             torch.onnx.export(
                 traceable,
                 (image,),
-                str(path),
+                str(partial),
                 opset_version=opset,
                 dynamo=False,
                 input_names=[IMAGE_INPUT],
@@ -224,6 +231,7 @@ def export_detector(
                 dynamic_axes={IMAGE_INPUT: {1: "height", 2: "width"}}
                 | {name: {0: "detections"} for name in names if name != "image_size"},
             )
+    os.replace(partial, path)
     model.eval()  # the exporter may leave submodules in another mode
     return names
 
@@ -303,8 +311,7 @@ def compare_detections(eager: Instances, exported: Instances) -> dict[str, float
     Returns:
         ``{"eager": n, "exported": n, "unpaired": count, "unpaired_margin": how far the
         highest-scoring unpaired detection scores above the lowest kept on its side (0: at the
-        cut), "image_side": the image's longer side,
-        "boxes": max |diff| in px, "scores": max
+        cut), "image_side": the image's longer side, "boxes": max |diff| in px, "scores": max
         |diff|, "masks": max |diff| of the mask probabilities (if both have masks)}``.
     """
     ours, theirs = eager.to("cpu"), exported.to("cpu")
