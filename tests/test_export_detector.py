@@ -200,6 +200,10 @@ def test_cli_errors_are_one_line(tmp_path):
                       "--format", "onnx", "--export-method", "scripting")  # fmt: skip
     assert proc.returncode == 2 and "ONNX export traces" in proc.stderr
     assert "Traceback" not in proc.stderr
+    proc = export_cli("--config-file", "configs/mrcnn_r18_shapes.yaml", "--output", str(tmp_path),
+                      "--run-eval", "DATASETS.TEST", "()")  # fmt: skip
+    assert proc.returncode == 2 and "--run-eval evaluates on DATASETS.TEST" in proc.stderr
+    assert "Traceback" not in proc.stderr and not list(tmp_path.iterdir())
 
 
 def val_subset(path: Path, count: int) -> list[str]:

@@ -24,7 +24,9 @@ from backbones.quiet import quiet_third_party_warnings
 import argparse
 import logging
 import os
+from collections.abc import Callable
 
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
@@ -33,6 +35,7 @@ import backbones  # noqa: F401  (registers our backbones and the shapes datasets
 from backbones import load_cfg
 from backbones.engine import Trainer
 from backbones.engine.cli import check_weights, user_errors
+from backbones.engine.config import ConfigError
 from backbones.export.detector import (
     DEFAULT_OPSET,
     FORMATS,
@@ -92,7 +95,7 @@ def sample_image_file(args: argparse.Namespace, test_datasets: tuple[str, ...]) 
     return DatasetCatalog.get(test_datasets[0])[0]["file_name"]
 
 
-def evaluate(cfg, model, output_dir: str) -> dict:
+def evaluate(cfg: CfgNode, model: Callable, output_dir: str) -> dict:
     """COCO metrics of ``model`` (a module or an ExportedDetector) on DATASETS.TEST."""
     evaluators = [
         Trainer.build_evaluator(cfg, name, os.path.join(output_dir, name))
@@ -126,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
         # Exported and checked on the CPU (ONNX Runtime's CPU provider runs the ONNX file).
         cfg = load_cfg(args.config_file, [*args.opts, "MODEL.DEVICE", "cpu"])
         check_weights(cfg, config_file=args.config_file, inference=True)
+        if args.run_eval and not cfg.DATASETS.TEST:
+            raise ConfigError("--run-eval evaluates on DATASETS.TEST, which is empty: add "
+                              "DATASETS.TEST \"('name',)\" (a registered dataset)")  # fmt: skip
         image_file = sample_image_file(args, cfg.DATASETS.TEST)
         predictor = Predictor(cfg)
         image = predictor.model_input(read_image(image_file, format="BGR"))["image"]
