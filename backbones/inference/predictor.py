@@ -49,9 +49,9 @@ class Predictor(DefaultPredictor):
     """Detectron2's ``DefaultPredictor`` with weights of any source, loaded by
     :class:`BackbonesCheckpointer`.
 
-    ``predictor(image)`` is ``DefaultPredictor``'s: a BGR ``(H, W, 3)`` image in, the model's
-    output for it (``{"instances": Instances}``, on ``MODEL.DEVICE``) out; the image is resized
-    as in testing (``ResizeShortestEdge`` to ``INPUT.MIN_SIZE_TEST``, at most
+    ``predictor(image)`` works as ``DefaultPredictor``'s: a BGR ``(H, W, 3)`` image in, the
+    model's output for it (``{"instances": Instances}``, on ``MODEL.DEVICE``) out; the image is
+    resized as in testing (``ResizeShortestEdge`` to ``INPUT.MIN_SIZE_TEST``, at most
     ``INPUT.MAX_SIZE_TEST``) and given to the model in ``INPUT.FORMAT``. :meth:`instances` takes
     an RGB image and returns its instances on the CPU, as the demo draws them.
     """
@@ -61,7 +61,7 @@ class Predictor(DefaultPredictor):
         # Not DefaultPredictor.__init__: its DetectionCheckpointer reads Detectron2's formats
         # only and unpickles .pkl files with pickle (code may run), where BackbonesCheckpointer
         # reads every weight source (torchvision, timm, ...) without running code. The
-        # attributes set are DefaultPredictor's, so its __call__ runs unchanged.
+        # attributes set are DefaultPredictor's.
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
         self.model.eval()
@@ -83,6 +83,11 @@ class Predictor(DefaultPredictor):
         resized = self.aug.get_transform(image).apply_image(image)
         tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
         return {"image": tensor, "height": height, "width": width}
+
+    def __call__(self, original_image: np.ndarray) -> dict:
+        """The model's output for one BGR image (DefaultPredictor's preprocessing, which
+        :meth:`model_input` holds for one image and for batches)."""
+        return self.batch([original_image])[0]
 
     def batch(self, images_bgr: Sequence[np.ndarray]) -> list[dict]:
         """The model's outputs for several BGR images in one forward, in their order.
