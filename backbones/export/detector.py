@@ -100,12 +100,12 @@ def _inference(model: nn.Module, inputs: list[dict[str, torch.Tensor]]) -> list[
 
 
 class _Traceable(nn.Module):
-    """One image in, the flattened detections out (their names in :attr:`output_names`)."""
+    """One image in, the detection fields flattened out: the tensors of the fields in the order
+    of their names, then the image size."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.output_names: list[str] = []
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # Detectron2's len() patch: the number of boxes per image stays a tensor in the trace,
@@ -113,7 +113,6 @@ class _Traceable(nn.Module):
         with patch_builtin_len():
             instances = _inference(self.model, [{"image": image}])[0]["instances"]
         fields = instances.get_fields()
-        self.output_names = sorted(fields) + ["image_size"]
         tensors = [_tensor(fields[name]) for name in sorted(fields)]
         return (*tensors, torch.as_tensor(instances.image_size))
 
@@ -182,6 +181,7 @@ def export_detector(
     model.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    names = sorted(detector_inference(model, image).get_fields())
     if method == "scripting":
         # Imported here: importing detectron2.export patches Detectron2's classes for scripting.
         from detectron2.export import scripting_with_instances
@@ -200,8 +200,9 @@ def export_detector(
         partial = path.with_name(path.name + ".partial")  # no half-written file at the path
         scripted.save(str(partial))
         os.replace(partial, path)
-        return sorted(detector_inference(model, image).get_fields())
+        return names
     _TRACED_IN_THIS_PROCESS = True
+    names.append("image_size")  # _Traceable's outputs
     traceable = _Traceable(model).eval()
     # The tracer warns at every Python branch on a tensor (dozens in Detectron2); the outputs
     # are checked on a second image size instead (export_and_check).
@@ -211,8 +212,6 @@ def export_detector(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Exporting aten::index operator")
-        traceable(image)  # records the output names
-        names = list(traceable.output_names)
         if format == "torchscript":
             traced = torch.jit.trace(traceable, (image,), check_trace=False)
             extra = {OUTPUTS_RECORD: json.dumps(names)}
