@@ -7,7 +7,7 @@ import contextlib
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from detectron2.config import CfgNode
@@ -163,26 +163,32 @@ def detector_pair(cfg: CfgNode, device: str = "cpu") -> tuple[nn.Module, nn.Modu
     return reference, ours
 
 
-def candidate_threshold(model: nn.Module, image: torch.Tensor, candidates: int) -> float:
-    """The class score above which ``candidates`` of an R-CNN's (proposal, class) candidates
-    lie on ``image``: as its ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``, that many enter the
-    per-class NMS.
+def set_candidate_threshold(
+    models: Sequence[nn.Module], image: torch.Tensor, candidates: int
+) -> float:
+    """Set the R-CNNs' box score threshold (their ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``) to the
+    class score above which ``candidates`` (proposal, class) candidates of ``models[0]`` lie on
+    ``image``, so that that many enter the per-class NMS; returns it.
 
     Random weights score every class about 1 / (classes + 1), all under the recipes' 0.05 (no
     detection, no NMS) or all over 0 (every candidate, 80,000 on COCO, in the NMS); neither is
-    the work of a trained model, whose count we set instead.
+    the work of a trained model, whose count we set instead. Set it before exporting: a trace
+    keeps the threshold it ran with.
     """
     logits = []
-    hook = model.roi_heads.box_predictor.register_forward_hook(
+    hook = models[0].roi_heads.box_predictor.register_forward_hook(
         lambda module, inputs, outputs: logits.append(outputs[0])
     )
     try:
         with torch.no_grad():
-            model.eval()([{"image": image}])
+            models[0].eval()([{"image": image}])
     finally:
         hook.remove()
     scores = torch.softmax(logits[0].float(), dim=-1)[:, :-1].flatten()
-    return float(scores.topk(min(candidates, scores.numel())).values[-1])
+    threshold = float(scores.topk(min(candidates, scores.numel())).values[-1])
+    for model in models:
+        model.roi_heads.box_predictor.test_score_thresh = threshold
+    return threshold
 
 
 def benchmark_detector(

@@ -23,7 +23,7 @@ import onnxruntime
 import torch
 
 from backbones import load_cfg
-from backbones.benchmark import candidate_threshold, detector_pair, median_time
+from backbones.benchmark import detector_pair, median_time, set_candidate_threshold
 from backbones.export.detector import (
     compare_detections,
     detector_inference,
@@ -52,9 +52,7 @@ def main() -> None:
     stock, ours = detector_pair(cfg)
     generator = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, *args.size), generator=generator).float()
-    threshold = candidate_threshold(stock, image, args.candidates)
-    for model in (stock, ours):
-        model.roi_heads.box_predictor.test_score_thresh = threshold
+    set_candidate_threshold((stock, ours), image, args.candidates)
     cpu = torch.device("cpu")
 
     def timed(name: str, run) -> None:
