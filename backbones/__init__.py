@@ -31,6 +31,7 @@ with warnings.catch_warnings():
         BLOCK_TYPES,
         FPN,
         NORMS,
+        PLUGIN_TYPES,
         STEM_TYPES,
         BasicBlock,
         BasicStem,
@@ -38,6 +39,7 @@ with warnings.catch_warnings():
         DeepStem,
         LastLevelMaxPool,
         LastLevelP6P7,
+        PluginSpec,
         ResidualBlock,
         ResNet,
         ResNetSpec,
@@ -67,6 +69,7 @@ __all__ = [
     "PRESETS",
     "BLOCK_TYPES",
     "STEM_TYPES",
+    "PLUGIN_TYPES",
     "NORMS",
     "SOURCES",
     # plain PyTorch: no config needed
@@ -82,6 +85,7 @@ __all__ = [
     "BottleneckBlock",
     "BasicStem",
     "DeepStem",
+    "PluginSpec",
     # weights
     "Weights",
     "read_weights",

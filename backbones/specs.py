@@ -57,3 +57,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "R-152-D": dict(depth=152, **RESNET_D),
     "R-200-D": dict(depth=200, **RESNET_D),
 }
+
+# Where a context block (backbones.modeling.plugins) sits in a residual block, MMDetection's
+# plugin positions: after conv N and its norm and ReLU, or, for the block's last conv (a
+# bottleneck's conv3, a basic block's conv2), after its norm, before the shortcut is added. They
+# are the module names too (``res4.0.after_conv3.gc.*``), by which the weights loader tells
+# plugin tensors apart.
+PLUGIN_POSITIONS = ("after_conv1", "after_conv2", "after_conv3")

@@ -138,10 +138,38 @@ def test_cli_counts_thin_resnets(capsys):
     )
 
 
+def test_cli_counts_what_plugins_add(tmp_path, capsys):
+    """A plugged net's row beside the plain one, with what the plugins add; timm's SE-ResNet-50
+    has SE (ratio 1/16, widths rounded to 8) after conv3 in every block: its 28,088,024
+    parameters (timm 1.0.31's ``seresnet50``) are the plugged count with the classifier."""
+    tool = load_script(ROOT / "tools" / "analyze_model.py", "analyze_model")
+    path = tmp_path / "se.csv"
+    plugins = '[{"type": "se", "stages": ["res2", "res3", "res4", "res5"]}]'
+    argv = ["--depths", "50", "--classifier", "--size", "64", "64", "--plugins", plugins]
+    assert tool.main([*argv, "--csv", str(path)]) == 0
+    assert "se r1/16 after_conv3 res2-res5" in capsys.readouterr().out
+    with open(path, newline="") as f:
+        plain, plugged = list(csv.DictReader(f))
+    assert (plain["plugins"], plain["params"], plugged["params"]) == (
+        "none",
+        "25557032",
+        "28088024",
+    )
+    assert int(plugged["added_params"]) == 28088024 - 25557032
+    assert (
+        0
+        < float(plugged["added_gflops"])
+        == pytest.approx(float(plugged["gflops"]) - float(plain["gflops"]))
+    )
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         ([], "one of the arguments --config-file --depths is required"),
+        (["--depths", "50", "--plugins", "[{type: gc}]"], "--plugins is not JSON"),
+        (["--depths", "50", "--plugins", '[{"type": "gc"}]'], "type and stages needed"),
+        (["--config-file", "configs/frcnn_r50.yaml", "--plugins", "[]"], "--depths only"),
         (["--depths", "18", "--width", "0"], "--width must be positive"),
         (["--config-file", "configs/frcnn_r50.yaml", "--width", "16"], "--depths only"),
         (["--depths", "18", "--classifier", "MODEL.RESNETS.DEPTH", "34"], "--config-file only"),

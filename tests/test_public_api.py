@@ -33,8 +33,9 @@ SIGNATURES = {
         "width_per_group=64, stem_type='basic', stem_width=32, stem_out_channels=64, "
         "res2_out_channels=None, stride_in_1x1=True, avg_down=False, residual=True, "
         "output_stride=32, deform_on_per_stage=(False, False, False, False), "
-        "deform_modulated=False, deform_num_groups=1)"
+        "deform_modulated=False, deform_num_groups=1, plugins=())"
     ),
+    "PluginSpec": "(type, stages, position='after_conv3', ratio=None)",
     "make_resnet": (
         "(depth=None, *, stage_blocks=None, block_type=None, in_channels=None, num_groups=None, "
         "width_per_group=None, stem_type=None, stem_width=None, stem_out_channels=None, "
@@ -44,7 +45,7 @@ SIGNATURES = {
         "memory_format='channels_last', zero_init_residual=False, avg_down=None, residual=None, "
         "drop_path_rate=0.0, grad_checkpointing=False, "
         "deform_on_per_stage=(False, False, False, False), deform_modulated=False, "
-        "deform_num_groups=1, weights=None)"
+        "deform_num_groups=1, plugins=None, weights=None)"
     ),
     "make_resnet_fpn": (
         "(depth=None, *, in_features=('res2', 'res3', 'res4', 'res5'), out_channels=256, "
@@ -106,6 +107,7 @@ BASES = {
     "DeepStem": CNNBlockBase,
     "Weights": object,  # a dataclass
     "ResNetSpec": object,  # a frozen dataclass
+    "PluginSpec": object,  # a frozen dataclass
     "BackbonesCheckpointer": DetectionCheckpointer,
     "Trainer": DefaultTrainer,
     "BackboneOptionError": ValueError,
@@ -116,6 +118,7 @@ DATA = {
     "PRESETS": (dict, str),
     "BLOCK_TYPES": (dict, str),
     "STEM_TYPES": (dict, str),
+    "PLUGIN_TYPES": (dict, str),
     "NORMS": (tuple, str),
     "SOURCES": (dict, str),
     "SHAPES_CLASSES": (tuple, str),
@@ -202,6 +205,24 @@ def call_stem_types(tmp_path: Path) -> None:
         model = backbones.make_resnet(18, stem_type=kind, stem_width=4, **TINY).eval()
         assert isinstance(model.stem, stem_class) and model.stem.stride == 4, kind
         assert model(x32)["res2"].shape == (1, 8, 8, 8), kind
+
+
+def call_plugin_types(tmp_path: Path) -> None:
+    for kind, plugin_class in backbones.PLUGIN_TYPES.items():
+        plugins = [{"type": kind, "stages": ("res4", "res5"), "position": "after_conv2"}]
+        model = backbones.make_resnet(18, plugins=plugins, **TINY).eval()
+        assert isinstance(getattr(model.res5[1].after_conv2, kind), plugin_class), kind
+        assert model.res3[0].after_conv2 is None, kind
+        assert model(x32)["res5"].shape == (1, 64, 1, 1), kind
+
+
+def call_plugin_spec(tmp_path: Path) -> None:
+    spec = backbones.PluginSpec("gc", ("res5", "res3"))
+    assert (spec.stages, spec.position, spec.ratio) == (("res3", "res5"), "after_conv3", 1 / 16)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.ratio = 0.25  # type: ignore[misc]
+    with pytest.raises(backbones.BackboneOptionError, match="plugins position"):
+        backbones.PluginSpec("se", ("res4",), "after_conv0")
 
 
 def call_norms(tmp_path: Path) -> None:
@@ -412,6 +433,8 @@ CALLS: dict[str, Callable[[Path], None]] = {
     "PRESETS": call_presets,
     "BLOCK_TYPES": call_block_types,
     "STEM_TYPES": call_stem_types,
+    "PLUGIN_TYPES": call_plugin_types,
+    "PluginSpec": call_plugin_spec,
     "NORMS": call_norms,
     "SOURCES": call_sources,
     "make_resnet": call_make_resnet,

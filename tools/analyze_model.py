@@ -8,6 +8,7 @@ detector of a config at its test size, backbone and heads apart (``--config-file
 
     tools/analyze_model.py --depths 18 34 50 101 152 --size 224 224 --classifier
     tools/analyze_model.py --depths 18 34 50 101 --width 16 --size 32 32
+    tools/analyze_model.py --depths 50 101 --plugins '[{"type": "gc", "stages": ["res3", "res4", "res5"]}]'
     tools/analyze_model.py --config-file configs/frcnn_r50.yaml --csv frcnn_r50.csv
     tools/analyze_model.py --config-file configs/mrcnn_r50.yaml MODEL.RESNETS.DEPTH 101
 
@@ -22,10 +23,12 @@ from backbones.quiet import quiet_third_party_warnings
 # isort: split
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
-from backbones import DEPTHS, load_cfg
+from backbones import DEPTHS, BackboneOptionError, load_cfg
+from backbones.modeling.plugins import plugin_specs
 from backbones.study.report import (
     PAPER_GFLOPS,
     detector_complexity,
@@ -61,6 +64,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="W",
         help="with --depths: a thinner or wider ResNet (make_resnet's width; 64 is the paper's)",
     )
+    parser.add_argument(
+        "--plugins",
+        metavar="JSON",
+        help="with --depths: context blocks as BACKBONES.PLUGINS takes them, a JSON list, e.g. "
+        '\'[{"type": "gc", "stages": ["res3", "res4", "res5"]}]\'; each depth is counted with '
+        "and without them, and the cost they add is shown (with --config-file: the config's "
+        "BACKBONES.PLUGINS are counted)",
+    )
     parser.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="with --config-file: KEY VALUE config overrides"
@@ -68,8 +79,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.depths is not None and args.opts:
         parser.error("KEY VALUE overrides apply to --config-file only")
-    if args.config_file is not None and (args.classifier or args.width is not None):
-        parser.error("--classifier and --width apply to --depths only")
+    if args.config_file is not None and (
+        args.classifier or args.width is not None or args.plugins is not None
+    ):
+        parser.error("--classifier, --width and --plugins apply to --depths only")
+    if args.plugins is not None:
+        try:
+            args.plugins = plugin_specs(json.loads(args.plugins))
+        except json.JSONDecodeError as error:
+            parser.error(f"--plugins is not JSON ({error}): {args.plugins}")
+        except BackboneOptionError as error:
+            parser.error(f"--plugins: {error}")
     if args.width is not None and args.width <= 0:
         parser.error(f"--width must be positive, got {args.width}")
     if args.size is not None and min(args.size) <= 0:
@@ -78,10 +98,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def resnet_rows(
-    depths: Sequence[int], size: tuple[int, int], classifier: bool, width: int | None = None
+    depths: Sequence[int],
+    size: tuple[int, int],
+    classifier: bool,
+    width: int | None = None,
+    plugins: Sequence = (),
 ) -> list[dict]:
     """One row per depth; with the paper's figure and our difference to it where comparable
-    (the paper's width, with the classifier, at 224x224)."""
+    (the paper's width, with the classifier, at 224x224). With ``plugins``, a second row per
+    depth counts the net with them, and the parameters and FLOPs they add."""
     compare = classifier and size == PAPER_SIZE and width in (None, 64)
     options = {} if width is None else {"width": width}
     rows = []
@@ -90,11 +115,37 @@ def resnet_rows(
         row = resnet_complexity(depth, size=size, classifier=classifier, **options)
         if width is not None:
             row = {"depth": row.pop("depth"), "width": width, **row}
+        if plugins:
+            row = {"depth": row.pop("depth"), "plugins": "none", **row}
         if compare and depth in PAPER_GFLOPS:
             paper = PAPER_GFLOPS[depth]
             row.update(paper_gflops=paper, paper_difference=row["gflops"] / paper - 1)
         rows.append(row)
+        if plugins:
+            plugged = resnet_complexity(
+                depth, size=size, classifier=classifier, plugins=plugins, **options
+            )
+            rows.append(
+                {
+                    **row,
+                    **plugged,
+                    "plugins": describe_plugins(plugins),
+                    "added_params": plugged["params"] - row["params"],
+                    "added_gflops": plugged["gflops"] - row["gflops"],
+                    "paper_gflops": None,
+                    "paper_difference": None,
+                }
+            )
     return rows
+
+
+def describe_plugins(plugins: Sequence) -> str:
+    """``gc r1/16 after_conv3 res3-res5`` for each plugin, joined by ``; ``."""
+    return "; ".join(
+        f"{p.type} r1/{round(1 / p.ratio)} {p.position} "
+        + (f"{p.stages[0]}-{p.stages[-1]}" if len(p.stages) > 2 else ",".join(p.stages))
+        for p in plugins
+    )
 
 
 def detector_row(config_file: str, opts: Sequence[str], size: tuple[int, int] | None) -> dict:
@@ -112,7 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     size = tuple(args.size) if args.size is not None else None
     if args.depths is not None:
-        rows = resnet_rows(args.depths, size or PAPER_SIZE, args.classifier, args.width)
+        rows = resnet_rows(
+            args.depths, size or PAPER_SIZE, args.classifier, args.width, args.plugins or ()
+        )
     else:
         rows = [detector_row(args.config_file, args.opts, size)]
     print(format_table(rows))

@@ -61,6 +61,15 @@ def add_backbones_config(cfg: CN) -> CN:
     cfg.BACKBONES.STAGE_BLOCKS = []
     # The block of BACKBONES.STAGE_BLOCKS. Options: "bottleneck", "basic" (unused without them).
     cfg.BACKBONES.BLOCK_TYPE = "bottleneck"
+    # Context blocks inside the residual blocks (backbones.modeling.plugins; docs/family.md): a
+    # list of dicts, each one plugin type placed in every block of its stages, e.g. GCNet's
+    #   PLUGINS: [{type: gc, stages: [res3, res4, res5], position: after_conv3, ratio: 0.0625}]
+    # Keys: type: "se" (squeeze-excitation), "gc" (global context), "non_local" (non-local);
+    # stages: names among res2..res5 (stages the backbone builds); position: "after_conv1",
+    # "after_conv2", "after_conv3" (the default; basic blocks have no conv3); ratio: the inner
+    # width as a fraction of the channels (default 1/16 for se and gc, 1/2 for non_local).
+    # Options: [] (none) or such a list.
+    cfg.BACKBONES.PLUGINS = []
     # The optimizer of backbones.engine.Trainer. Options:
     #   "SGD": Detectron2's (SOLVER.BASE_LR, MOMENTUM, NESTEROV, WEIGHT_DECAY, ...);
     #   "AdamW": Loshchilov & Hutter (2019) with SOLVER.BASE_LR and SOLVER.WEIGHT_DECAY (norm and

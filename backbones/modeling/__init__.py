@@ -4,7 +4,8 @@
 
 Extension points: a block type is a :class:`ResidualBlock` subclass (its ``__init__`` and flags)
 plus one entry in :data:`BLOCK_TYPES` (a row of ``specs.DEPTHS`` names it); a stem is one entry
-in ``STEM_TYPES``.
+in ``STEM_TYPES``; a context block (placed by stage and position) is a :class:`Plugin` subclass
+plus one entry in :data:`PLUGIN_TYPES`.
 """
 
 from .blocks import (
@@ -26,6 +27,7 @@ from .build import (
 from .constructors import build_resnet, make_resnet, make_stages
 from .fpn import FPN, TOP_BLOCKS, LastLevelMaxPool, LastLevelP6P7, build_fpn, make_resnet_fpn
 from .layers import NORMS, ConvNorm, DeformConvNorm
+from .plugins import PLUGIN_TYPES, GlobalContext, NonLocal, Plugin, PluginSpec, SqueezeExcitation
 from .resnet import MEMORY_FORMATS, ResNet
 from .spec import ARCHITECTURE_DEFAULTS, OUTPUT_STRIDES, ResNetSpec
 
@@ -36,6 +38,7 @@ __all__ = [
     "MEMORY_FORMATS",
     "OUTPUT_STRIDES",
     "NORMS",
+    "PLUGIN_TYPES",
     "STEM_TYPES",
     "TOP_BLOCKS",
     "BasicBlock",
@@ -46,11 +49,16 @@ __all__ = [
     "DeformBottleneckBlock",
     "DeformConvNorm",
     "FPN",
+    "GlobalContext",
     "LastLevelMaxPool",
     "LastLevelP6P7",
+    "NonLocal",
+    "Plugin",
+    "PluginSpec",
     "ResNet",
     "ResNetSpec",
     "ResidualBlock",
+    "SqueezeExcitation",
     "backbones_build_resnet_backbone",
     "backbones_build_resnet_fpn_backbone",
     "backbones_build_retinanet_resnet_fpn_backbone",

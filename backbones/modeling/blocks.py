@@ -5,12 +5,13 @@ Module and parameter names match Detectron2's ``detectron2.modeling.backbone.res
 unchanged.
 
 A block type is one :class:`ResidualBlock` subclass plus one entry in :data:`BLOCK_TYPES`; a row of
-``specs.DEPTHS`` names the entry. A stem is one entry in :data:`STEM_TYPES`.
+``specs.DEPTHS`` names the entry. A stem is one entry in :data:`STEM_TYPES`. Context blocks
+(:mod:`.plugins`) go in at the positions a block type lists in ``plugin_positions``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,9 @@ from detectron2.layers import CNNBlockBase
 from torch import nn
 from torchvision.ops import stochastic_depth
 
+from ..errors import BackboneOptionError
 from .layers import DeformConvNorm, Norm, conv_norm, projection_shortcut
+from .plugins import PluginSpec
 
 # The flags of a block type and the keyword of its ``__init__`` each adds to those a stage passes
 # (``stride`` and ``norm`` always). An option whose flag is not set is refused unless neutral
@@ -50,18 +53,24 @@ class ResidualBlock(CNNBlockBase):
       for basic blocks, 256 for bottlenecks);
     * ``config_res2_out_channels``: the only ``MODEL.RESNETS.RES2_OUT_CHANNELS`` a config may
       give, or None for any (Detectron2 asserts 64 for R18/R34: the default 256 is a
-      bottleneck's).
+      bottleneck's);
+    * ``plugin_positions``: the plugin positions (``specs.PLUGIN_POSITIONS``) its forward runs,
+      each with the conv whose output the plugins there take; its forward applies
+      ``self.after_conv1`` .. ``after_conv3`` there when they are not None (:meth:`add_plugins`
+      sets them).
     """
 
     default_res2_out_channels = 64
     config_res2_out_channels: int | None = None
     grouped = dilatable = strided_1x1 = bottleneck = avg_down_shortcut = optional_shortcut = False
+    plugin_positions: dict[str, str] = {}
 
     # TorchScript: build-time helpers only.
     __jit_unused_properties__ = ["last_norm"]
     __jit_ignored_attributes__ = [
         "default_res2_out_channels",
         "config_res2_out_channels",
+        "plugin_positions",
         *FLAG_KEYWORDS,
     ]
 
@@ -70,6 +79,10 @@ class ResidualBlock(CNNBlockBase):
         self.residual = residual
         # Stochastic depth rate of the residual branch (make_stages sets it; 0: none).
         self.drop_path = 0.0
+        # The plugins at each position (add_plugins): None, or a Sequential named by type.
+        self.after_conv1: nn.Module | None = None
+        self.after_conv2: nn.Module | None = None
+        self.after_conv3: nn.Module | None = None
 
     @classmethod
     def stage_keywords(cls, **options: Any) -> dict[str, Any]:
@@ -80,6 +93,27 @@ class ResidualBlock(CNNBlockBase):
     @property
     def last_norm(self) -> nn.Module:
         raise NotImplementedError(f"{type(self).__name__} does not declare last_norm")
+
+    def add_plugins(self, specs: Sequence[PluginSpec]) -> None:
+        """Build the plugins of ``specs`` at their positions, in the order given, each
+        ``after_convN.<type>`` (its channels: those of the conv it follows).
+
+        Raises:
+            BackboneOptionError: a position this block type does not run.
+        """
+        for spec in specs:
+            conv = self.plugin_positions.get(spec.position)
+            if conv is None:
+                raise BackboneOptionError(
+                    "plugins position",
+                    spec.position,
+                    ", ".join(repr(p) for p in self.plugin_positions) or "none",
+                    f"{type(self).__name__} has no such position (a {spec.type!r} plugin)",
+                )
+            if getattr(self, spec.position) is None:
+                setattr(self, spec.position, nn.Sequential())
+            channels = getattr(self, conv).out_channels
+            getattr(self, spec.position).add_module(spec.type, spec.build(channels))
 
     def _add_shortcut(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``out`` plus the identity or the projection of ``x``; ``out`` alone in a plain net
@@ -99,6 +133,7 @@ class BasicBlock(ResidualBlock):
 
     config_res2_out_channels = 64
     dilatable = avg_down_shortcut = optional_shortcut = True
+    plugin_positions = {"after_conv1": "conv1", "after_conv2": "conv2"}
 
     def __init__(
         self,
@@ -129,7 +164,12 @@ class BasicBlock(ResidualBlock):
         return self.conv2.norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv2(F.relu_(self.conv1(x)))
+        out = F.relu_(self.conv1(x))
+        if self.after_conv1 is not None:
+            out = self.after_conv1(out)
+        out = self.conv2(out)
+        if self.after_conv2 is not None:
+            out = self.after_conv2(out)
         return F.relu_(self._add_shortcut(out, x))
 
 
@@ -138,6 +178,7 @@ class BottleneckBlock(ResidualBlock):
 
     default_res2_out_channels = 256
     grouped = dilatable = strided_1x1 = bottleneck = avg_down_shortcut = optional_shortcut = True
+    plugin_positions = {"after_conv1": "conv1", "after_conv2": "conv2", "after_conv3": "conv3"}
 
     def __init__(
         self,
@@ -182,8 +223,14 @@ class BottleneckBlock(ResidualBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
+        if self.after_conv1 is not None:
+            out = self.after_conv1(out)
         out = F.relu_(self.conv2(out))
+        if self.after_conv2 is not None:
+            out = self.after_conv2(out)
         out = self.conv3(out)
+        if self.after_conv3 is not None:
+            out = self.after_conv3(out)
         return F.relu_(self._add_shortcut(out, x))
 
 
@@ -256,13 +303,20 @@ class DeformBottleneckBlock(BottleneckBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
+        if self.after_conv1 is not None:
+            out = self.after_conv1(out)
         offset = self.conv2_offset(out)
         if self.modulated:
             mask = offset[:, self.num_offsets :].sigmoid()
             out = self.conv2(out, offset[:, : self.num_offsets], mask)
         else:
             out = self.conv2(out, offset, None)
-        out = self.conv3(F.relu_(out))
+        out = F.relu_(out)
+        if self.after_conv2 is not None:
+            out = self.after_conv2(out)
+        out = self.conv3(out)
+        if self.after_conv3 is not None:
+            out = self.after_conv3(out)
         return F.relu_(self._add_shortcut(out, x))
 
 

@@ -47,6 +47,7 @@ CFG_KEYS = {
     "deform_on_per_stage": "MODEL.RESNETS.DEFORM_ON_PER_STAGE",
     "deform_modulated": "MODEL.RESNETS.DEFORM_MODULATED",
     "deform_num_groups": "MODEL.RESNETS.DEFORM_NUM_GROUPS",
+    "plugins": "BACKBONES.PLUGINS",
     "in_features": "MODEL.FPN.IN_FEATURES",
     "out_channels": "MODEL.FPN.OUT_CHANNELS",
     "fpn_norm": "MODEL.FPN.NORM",
@@ -95,6 +96,7 @@ def build_resnet_from_cfg(
             deform_on_per_stage=tuple(r.DEFORM_ON_PER_STAGE),
             deform_modulated=r.DEFORM_MODULATED,
             deform_num_groups=r.DEFORM_NUM_GROUPS,
+            plugins=tuple(ours.PLUGINS),
         )
         required = BLOCK_TYPES[spec.block_type].config_res2_out_channels
         if required is not None:  # Detectron2's R18/R34 rule: the default 256 is a bottleneck's
@@ -117,11 +119,14 @@ def build_resnet_from_cfg(
 
 @contextlib.contextmanager
 def _cfg_keys() -> Iterator[None]:
-    """An option error raised inside, renamed to the config key the option comes from."""
+    """An option error raised inside, renamed to the config key the option comes from (a key
+    inside a value keeps its name: ``plugins position`` -> ``BACKBONES.PLUGINS position``)."""
     try:
         yield
     except BackboneOptionError as error:
-        raise error.renamed(CFG_KEYS.get(error.option, error.option)) from None
+        option, _, inner = error.option.partition(" ")
+        key = CFG_KEYS.get(option, option)
+        raise error.renamed(f"{key} {inner}" if inner else key) from None
 
 
 @BACKBONE_REGISTRY.register()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import nn
 
@@ -18,6 +18,7 @@ from ..errors import BackboneOptionError, check_choice
 from ..weights import Weights, load_weights, read_weights
 from .blocks import STEM_TYPES, ResidualBlock
 from .layers import NORMS, Norm
+from .plugins import PluginSpec
 from .resnet import STAGE_NAMES, ResNet
 from .spec import SPEC_FIELDS, ResNetSpec
 
@@ -83,6 +84,7 @@ def make_stages(
             keywords.update(
                 modulated=spec.deform_modulated, deform_num_groups=spec.deform_num_groups
             )
+        plugins = [p for p in spec.plugins if STAGE_NAMES[stage] in p.stages]
         # A dilated stage replaces its stride (R-FCN / Deformable ConvNets' res5 dilation).
         first_stride = 1 if stage == 0 or dilation > 1 else 2
         blocks: list[ResidualBlock] = []
@@ -90,6 +92,7 @@ def make_stages(
             stride = first_stride if block_index == 0 else 1
             block = block_class(in_channels, out_channels, stride=stride, norm=norm, **keywords)
             block.drop_path = drop_path_rate * index / max(total - 1, 1)
+            block.add_plugins(plugins)
             blocks.append(block)
             in_channels = out_channels
             index += 1
@@ -119,6 +122,7 @@ def build_resnet(
     if isinstance(norm, str):
         check_choice("norm", norm, NORMS)
     _check_training_options(spec.residual, norm, zero_init_residual, drop_path_rate)
+    _check_plugin_stages(spec, out_features)
     stem = STEM_TYPES[spec.stem_type].from_options(
         spec.in_channels, spec.stem_out_channels, width=spec.stem_width, norm=norm
     )
@@ -169,6 +173,7 @@ def make_resnet(
     deform_on_per_stage: Sequence[bool] = (False, False, False, False),
     deform_modulated: bool = False,
     deform_num_groups: int = 1,
+    plugins: Sequence[PluginSpec | Mapping[str, Any]] | None = None,
     weights: str | os.PathLike | Weights | None = None,
 ) -> ResNet:
     """Build a ResNet / ResNeXt of the given depth without any config, optionally with weights.
@@ -220,6 +225,10 @@ def make_resnet(
             ``MODEL.RESNETS.DEFORM_ON_PER_STAGE``).
         deform_modulated: DCNv2's modulated deformable convs instead of DCNv1's.
         deform_num_groups: deformable groups (offset sets) of each deformable conv.
+        plugins: context blocks by stage and position (:mod:`backbones.modeling.plugins`), e.g.
+            ``[{"type": "gc", "stages": ("res3", "res4", "res5"), "position": "after_conv3",
+            "ratio": 1 / 16}]``; types ``"se"``, ``"gc"``, ``"non_local"``. None: those the
+            weights file holds (timm's SE-ResNets), else none.
         weights: a weights file of any source in :mod:`backbones.weights` (torchvision, timm,
             Detectron2, MSRA/FAIR Caffe2), or a :class:`~backbones.weights.Weights` already read
             (``read_weights(path, trusted=True)`` for a pickle that needs more than arrays).
@@ -243,6 +252,22 @@ def make_resnet(
     else:
         load_weights(model, weights)
     return model
+
+
+def _check_plugin_stages(spec: ResNetSpec, out_features: Sequence[str]) -> None:
+    """Refuse plugins in a stage that is not built (after the last of ``out_features``)."""
+    built = [name for name in STAGE_NAMES if name in out_features]
+    last = STAGE_NAMES.index(built[-1]) if built else -1
+    for plugin in spec.plugins:
+        for stage in plugin.stages:
+            if STAGE_NAMES.index(stage) > last:
+                raise BackboneOptionError(
+                    "plugins stages",
+                    list(plugin.stages),
+                    ", ".join(STAGE_NAMES[: last + 1]) or "none",
+                    f"{stage} is not built: out_features stop before it (a C4 detector runs "
+                    f"res5 in roi_heads.res5, Detectron2's blocks, which take no plugins)",
+                )
 
 
 def _check_training_options(

@@ -11,6 +11,7 @@ from ..errors import BackboneOptionError, check_choice
 from ..specs import DEPTHS
 from ..weights import Weights
 from .blocks import BLOCK_TYPES, DEFORM_BLOCK_TYPES, STEM_TYPES, ResidualBlock
+from .plugins import STAGES, PluginSpec, plugin_specs
 
 # Output strides (BACKBONES.OUTPUT_STRIDE) and the dilation of res2..res5 that gives each: the
 # dilated stages keep their resolution (DeepLab; MMDetection's `strides`/`dilations`).
@@ -46,6 +47,8 @@ class ResNetSpec:
         output_stride: 32, 16 (res5 dilated by 2) or 8 (res4 by 2, res5 by 4).
         deform_on_per_stage, deform_modulated, deform_num_groups: deformable 3x3 convs in
             res2..res5 (DCNv1, or DCNv2's modulated ones) and their offset groups.
+        plugins: context blocks (:class:`~backbones.modeling.plugins.PluginSpec`; mappings with
+            its keys are taken) placed by stage and position; () for none.
     """
 
     depth: int | None = None
@@ -65,8 +68,10 @@ class ResNetSpec:
     deform_on_per_stage: tuple[bool, ...] = (False, False, False, False)
     deform_modulated: bool = False
     deform_num_groups: int = 1
+    plugins: tuple[PluginSpec, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "plugins", plugin_specs(self.plugins))
         for name in ("stage_blocks", "deform_on_per_stage"):  # lists from configs and JSON
             value = getattr(self, name)
             if isinstance(value, Iterable) and not isinstance(value, (str, tuple)):
@@ -142,6 +147,15 @@ class ResNetSpec:
                 )
             if not block_class.optional_shortcut:
                 check_choice("residual", self.residual, (True,), f"{why} keep their shortcut")
+        for plugin in self.plugins:
+            for stage in plugin.stages:
+                block_class = self.block_classes[STAGES.index(stage)]
+                check_choice(
+                    "plugins position",
+                    plugin.position,
+                    block_class.plugin_positions,
+                    f"{block_class.__name__} in {stage} (a {plugin.type!r} plugin)",
+                )
         for option in (
             "in_channels",
             "num_groups",
@@ -176,8 +190,8 @@ class ResNetSpec:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        """The fields as a plain dict (ints, strings, booleans, tuples, None): what a weights
-        file records, and ``make_resnet``'s keywords."""
+        """The fields as a plain dict (ints, strings, booleans, tuples, None; ``plugins`` as a
+        tuple of dicts): what a weights file records, and ``make_resnet``'s keywords."""
         return dataclasses.asdict(self)
 
     @classmethod

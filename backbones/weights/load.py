@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..specs import PLUGIN_POSITIONS
 from .architecture import find_resnet, resnet_prefix
 from .formats import WeightsFormatError
 from .read import Weights, read_weights
@@ -43,6 +44,9 @@ class LoadReport:
         loaded: model names that received a tensor.
         missing: model names the file lacks, by group (``backbone.fpn_lateral*``, ``roi_heads``).
         expected_missing: True where those are expected (an ImageNet file has no detector heads).
+        new: the model's plugin tensors (context blocks, :mod:`backbones.modeling.plugins`) by
+            plugin and position, of plugins the file has no tensor of: new layers, which keep
+            their initialisation (zero where the plugin starts as the identity), not missing.
         unused: file names the model does not have (``fc.weight``, ...).
         skipped: names whose shape differs, skipped because the caller allowed it.
     """
@@ -52,6 +56,7 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     missing: dict[str, list[str]] = field(default_factory=dict)
     expected_missing: dict[str, bool] = field(default_factory=dict)
+    new: dict[str, list[str]] = field(default_factory=dict)
     unused: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
@@ -66,6 +71,11 @@ class LoadReport:
                 else "NOT IN THE FILE: they keep their initialisation"
             )
             out.append(f"  {group}: {len(names)} tensors {note}")
+        for group, names in self.new.items():
+            out.append(
+                f"  {group}: {len(names)} tensors of a plugin the file does not have: new, they "
+                "start as the plugin initialises them"
+            )
         if self.unused:
             out.append(f"  in the file, not in the model: {_summarise(self.unused)}")
         if self.skipped:
@@ -82,6 +92,17 @@ def _group(name: str) -> str:
     depth = 3 if parts[:2] == ["backbone", "bottom_up"] else 2 if parts[0] == "backbone" else 1
     head = ".".join(parts[: min(depth, len(parts) - 1)] or parts[:1])
     return re.sub(r"\d+$", "*", head) + ".*"
+
+
+def _plugin_group(name: str) -> str | None:
+    """``backbone.bottom_up.res*.after_conv3.gc.*`` for a plugin tensor (a module named by a
+    plugin position, then the plugin's type), None for other names."""
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-2]):
+        if part in PLUGIN_POSITIONS and i >= 2:
+            stage = re.sub(r"\d$", "*", parts[i - 2])
+            return ".".join(parts[: i - 2] + [stage, part, parts[i + 1], "*"])
+    return None
 
 
 def _summarise(names: Sequence[str], limit: int = 4) -> str:
@@ -176,9 +197,18 @@ def load_weights(
     report.loaded = sorted(loadable)
     resnet = find_resnet(target) or ""
     missing: dict[str, list[str]] = defaultdict(list)
+    plugins: dict[str, list[str]] = defaultdict(list)
     for name in target:
         if name not in loadable and not name.endswith("num_batches_tracked"):
-            missing[_group(name)].append(name)
+            plugin = _plugin_group(name)
+            if plugin is not None:
+                plugins[plugin].append(name)
+            else:
+                missing[_group(name)].append(name)
+    # A plugin the file has some tensors of, but not all, is missing; one it has none of is new.
+    in_file = {_plugin_group(name) for name in loadable}
+    for group, names in plugins.items():
+        (missing if group in in_file else report.new)[group] = names
     report.missing = dict(missing)
     for group, names in report.missing.items():
         outside = not any(n.startswith(resnet) for n in names) if resnet else False

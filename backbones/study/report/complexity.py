@@ -225,6 +225,8 @@ HEADERS = {
     "heads_gflops": "heads GFLOPs",
     "gflops": "GFLOPs",
     "paper_gflops": "paper GFLOPs",
+    "added_params": "added params",
+    "added_gflops": "added GFLOPs",
     "paper_difference": "difference",
 }
 
