@@ -8,7 +8,7 @@ detector of a config at its test size, backbone and heads apart (``--config-file
 
     tools/analyze_model.py --depths 18 34 50 101 152 --size 224 224 --classifier
     tools/analyze_model.py --depths 18 34 50 101 --width 16 --size 32 32
-    tools/analyze_model.py --depths 50 101 --plugins '[{"type": "gc", "stages": ["res3", "res4", "res5"]}]'
+    tools/analyze_model.py --depths 50 --plugins '[{"type": "gc", "stages": ["res3", "res4"]}]'
     tools/analyze_model.py --config-file configs/frcnn_r50.yaml --csv frcnn_r50.csv
     tools/analyze_model.py --config-file configs/mrcnn_r50.yaml MODEL.RESNETS.DEPTH 101
 
