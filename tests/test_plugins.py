@@ -342,3 +342,29 @@ def flatten(node: dict, stem: str = "") -> dict:
         else:
             flat[f"{stem}{key}"] = value
     return flat
+
+
+def test_a_weights_file_of_a_plugged_net_rebuilds_it(tmp_path):
+    """make_resnet(weights=...) reads the plugins from the file's names (type, position,
+    stages) and their ratio from the inner conv's shape, as it reads the depth and widths."""
+    plugins = [
+        {"type": "gc", "stages": LATE, "ratio": 0.25},
+        {"type": "non_local", "stages": ["res4"], "position": "after_conv2"},
+        {"type": "se", "stages": ["res2", "res5"], "position": "after_conv1"},
+    ]
+    model = randomize_(plugged(50, plugins)).eval()
+    torch.save(model.state_dict(), tmp_path / "plugged.pth")
+    again = make_resnet(weights=tmp_path / "plugged.pth", norm="BN").eval()
+    # The same plugins; SE's ratio is read where its widths round to 8 (here 64 * 1/16 = 4 -> 8,
+    # read as 1/8), which builds the same widths.
+    assert {p for p in again.spec.plugins if p.type != "se"} == set(model.spec.plugins[:2])
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in again.state_dict().items()} == shapes
+    with torch.no_grad():
+        torch.testing.assert_close(again(X)["res5"], model(X)["res5"])
+    # Given explicitly, the caller's plugins win: none here, and the file's are reported unused.
+    lines: list[str] = []
+    plain = make_resnet(weights=tmp_path / "plugged.pth", plugins=[], norm="BN")
+    assert plain.spec.plugins == ()
+    report = load_weights(plain, tmp_path / "plugged.pth", log=lines.append)
+    assert any(".after_conv3.gc." in name for name in report.unused)

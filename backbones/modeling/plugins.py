@@ -11,6 +11,7 @@ the positions it lists in ``ResidualBlock.plugin_positions``; the plugins of a p
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
@@ -31,11 +32,14 @@ class Plugin(nn.Module):
 
     * ``default_ratio``: the inner width as a fraction of ``channels`` when none is given;
     * ``identity_at_init``: True where the paper zero-initialises the last layer so that the
-      block computes what it computed without the plugin (a pretrained net starts unchanged).
+      block computes what it computed without the plugin (a pretrained net starts unchanged);
+    * ``inner_weight``: the name of a 1x1 conv weight of shape ``(inner, channels, 1, 1)``, from
+      which :func:`plugins_in_state` reads the ratio of a weights file's plugins ("": none).
     """
 
     default_ratio: ClassVar[float] = 1 / 16
     identity_at_init: ClassVar[bool] = False
+    inner_weight: ClassVar[str] = ""
 
     def __init__(self, channels: int, *, ratio: float):
         super().__init__()
@@ -56,6 +60,8 @@ class SqueezeExcitation(Plugin):
     load. Not an identity at initialisation (the gate starts near 0.5): the SE paper trains from
     scratch and does not zero-initialise it.
     """
+
+    inner_weight = "fc1.weight"
 
     def __init__(self, channels: int, *, ratio: float = 1 / 16):
         super().__init__(channels, ratio=ratio)
@@ -85,6 +91,7 @@ class GlobalContext(Plugin):
     """
 
     identity_at_init = True
+    inner_weight = "channel_add_conv.0.weight"
 
     def __init__(self, channels: int, *, ratio: float = 1 / 16):
         super().__init__(channels, ratio=ratio)
@@ -121,6 +128,7 @@ class NonLocal(Plugin):
 
     default_ratio = 1 / 2
     identity_at_init = True
+    inner_weight = "g.weight"
 
     def __init__(self, channels: int, *, ratio: float = 1 / 2):
         super().__init__(channels, ratio=ratio)
@@ -227,6 +235,31 @@ class PluginSpec:
     def build(self, channels: int) -> Plugin:
         """The plugin module for a position with ``channels`` channels."""
         return PLUGIN_TYPES[self.type](channels, ratio=self.ratio)
+
+
+def plugins_in_state(state: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The plugins a ResNet's tensors (Detectron2 names, ``res4.0.after_conv3.gc.*``) hold, as
+    :class:`PluginSpec` mappings: one per type and position, with the stages that have it and the
+    ratio its ``inner_weight`` shows in the last of them (the widest, where rounding matters
+    least); types not in :data:`PLUGIN_TYPES` are left out (their tensors stay unused)."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for name in state:
+        m = re.match(r"(res[2-5])\.\d+\.(after_conv[1-3])\.([A-Za-z_]\w*)\.", name)
+        if not m or m.group(3) not in PLUGIN_TYPES:
+            continue
+        stage, position, kind = m.groups()
+        entry = found.setdefault((kind, position), {"stages": set(), "widths": {}})
+        entry["stages"].add(stage)
+        if name.endswith("." + PLUGIN_TYPES[kind].inner_weight):
+            shape = tuple(state[name].shape)
+            entry["widths"][stage] = shape[0] / shape[1]
+    plugins = []
+    for (kind, position), entry in found.items():
+        stages = sorted(entry["stages"], key=STAGES.index)
+        widths = entry["widths"]
+        ratio = widths[max(widths, key=STAGES.index)] if widths else None
+        plugins.append(dict(type=kind, stages=tuple(stages), position=position, ratio=ratio))
+    return plugins
 
 
 def plugin_specs(plugins: Any) -> tuple[PluginSpec, ...]:

@@ -11,7 +11,7 @@ from ..errors import BackboneOptionError, check_choice
 from ..specs import DEPTHS
 from ..weights import Weights
 from .blocks import BLOCK_TYPES, DEFORM_BLOCK_TYPES, STEM_TYPES, ResidualBlock
-from .plugins import STAGES, PluginSpec, plugin_specs
+from .plugins import STAGES, PluginSpec, plugin_specs, plugins_in_state
 
 # Output strides (BACKBONES.OUTPUT_STRIDE) and the dilation of res2..res5 that gives each: the
 # dilated stages keep their resolution (DeepLab; MMDetection's `strides`/`dilations`).
@@ -328,6 +328,8 @@ def _resolve(given: Mapping[str, Any], weights: Weights | None) -> dict[str, Any
     from_file: dict[str, Any] = dict(weights.architecture) if weights is not None else {}
     if weights is not None and weights.input is not None:
         from_file["stride_in_1x1"] = weights.input.stride_in_1x1
+    if weights is not None and "plugins" not in from_file:
+        from_file["plugins"] = plugins_in_state(weights.resnet_state())  # SE-ResNets, GCNets
     depth = given.get("depth")
     if depth is not None and from_file.get("depth") not in (None, depth):
         raise BackboneOptionError(
