@@ -368,3 +368,24 @@ def test_a_weights_file_of_a_plugged_net_rebuilds_it(tmp_path):
     assert plain.spec.plugins == ()
     report = load_weights(plain, tmp_path / "plugged.pth", log=lines.append)
     assert any(".after_conv3.gc." in name for name in report.unused)
+
+
+def test_plugged_backbones_export_to_onnx_with_dynamic_sizes(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from backbones.export.exporters import check_export, export_onnx
+
+    plugins = [
+        {"type": "gc", "stages": LATE},
+        {"type": "se", "stages": ["res2"]},
+        {"type": "non_local", "stages": ["res4"], "position": "after_conv2"},
+    ]
+    options = {**BOTTLENECK, "stage_blocks": (1, 1, 1, 1)}
+    model = randomize_(make_resnet(plugins=plugins, **options)).eval()
+    with torch.no_grad():  # the zero-initialised layers too, so that every path counts
+        for weight in model.parameters():
+            if not weight.any():
+                weight.normal_(std=0.1)
+    export_onnx(model, tmp_path / "plugged.onnx", image_size=(64, 64))
+    batches = [torch.randn(1, 3, 64, 64), torch.randn(2, 3, 96, 64)]  # another size and batch
+    worst = check_export(model, tmp_path / "plugged.onnx", batches)
+    assert set(worst) == {"res2", "res3", "res4", "res5"} and max(worst.values()) < 1e-3
