@@ -4,7 +4,8 @@ into a module.
 
 Layout: ``formats`` (files), ``sources`` (the table of sources: one :class:`Source` record each,
 :func:`register_source` adds one; :data:`PUBLISHED_WEIGHTS`, the published files by address),
-``naming`` (the built-in naming schemes: recognising and renaming), ``architecture``
+``naming`` (the built-in naming schemes: recognising and renaming), ``self_supervised`` (the
+schemes of MoCo, DenseCL, SwAV and DINO checkpoints), ``architecture``
 (make_resnet arguments from tensors), ``read`` (:class:`Weights`, :func:`read_weights`),
 ``convert`` (writing), ``load`` (:func:`load_weights`).
 """

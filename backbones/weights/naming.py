@@ -2,10 +2,13 @@
 each is recognised from its names, and renamed to Detectron2's ResNet names.
 
 Each ``detect_*`` function claims one source's files and none of the others', by name style:
-a file with any Caffe2 blob name is Caffe2's (MSRA's or FAIR's by its res2 3x3); otherwise one
-with torchvision's top-level names (``layer1.0.conv1``, timm's ``conv1.0``) is torchvision's or
-timm's (by its stem); otherwise one with Detectron2's names is Detectron2's. Each ``rename_*``
-function returns a :class:`Renamed`.
+a file with any Caffe2 blob name is Caffe2's (MSRA's or FAIR's by its res2 3x3); a file signed by
+a publisher's script (:data:`SIGNATURES`, e.g. DenseCL's ``author`` entry) is that publisher's;
+otherwise one with torchvision's names and only torchvision's top-level modules (``conv1``,
+``bn1``, ``layer1``..``layer4``, ``fc``; timm's deep stem ``conv1.0``) is torchvision's or timm's
+(by its stem); otherwise one with Detectron2's names is Detectron2's. The self-supervised
+checkpoints' schemes (MoCo, DenseCL, SwAV, DINO) are in :mod:`.self_supervised`. Each
+``rename_*`` function returns a :class:`Renamed`.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ def to_tensor(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
+        # ascontiguousarray makes a 0-d array 1-d: the reshape keeps a scalar a scalar (BN's
+        # num_batches_tracked in Detectron2 conversions of torchvision BatchNorm).
+        return torch.from_numpy(np.ascontiguousarray(value)).reshape(value.shape)
     if isinstance(value, (np.generic, int, float)):
         return torch.as_tensor(value)
     return value
@@ -58,26 +63,66 @@ def detect_timm(state: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
     return _torchvision_file(state, meta) and "conv1.0.weight" in state
 
 
-def _torchvision_file(state: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
-    if _caffe2_file(state, meta):
-        return False
+# The top-level modules of torchvision's and timm's ResNets (timm's SE, attention and blur
+# layers sit under layerN). A file with another top-level name holds more than a classifier
+# ResNet (a SwAV projection head and prototypes, a MoCo encoder pair): another source's.
+TORCHVISION_MODULES = frozenset({"conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"})
+
+
+def torchvision_names(state: Mapping[str, Any]) -> bool:
+    """True where the tensors include a torchvision/timm ResNet's own names at the top level."""
     return "layer1.0.conv1.weight" in state or "conv1.0.weight" in state
+
+
+def _torchvision_file(state: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
+    if _caffe2_file(state, meta) or signed_by(meta) is not None or not torchvision_names(state):
+        return False
+    return all(name.split(".", 1)[0] in TORCHVISION_MODULES for name in state)
+
+
+# Checkpoint entries by which a publisher's script signs the files it writes -> the source they
+# name: such a file is that source's whatever its tensor names (which are torchvision's or
+# Detectron2's). DenseCL's tools/extract_backbone_weights.py writes {"state_dict", "author"};
+# MoCo's and OpenSelfSup's (DenseCL's) detection/convert-pretrain-to-detectron2.py write
+# {"model", "__author__", "matching_heuristics"}.
+SIGNATURES: dict[tuple[str, str], str] = {
+    ("author", "DenseCL"): "densecl",
+    ("__author__", "MOCO"): "selfsup_detectron2",
+    ("__author__", "OpenSelfSup"): "selfsup_detectron2",
+}
+
+
+def signed_by(meta: Mapping[str, Any]) -> str | None:
+    """The source a checkpoint's signature entry names (:data:`SIGNATURES`), None if unsigned."""
+    for (key, value), source in SIGNATURES.items():
+        if meta.get(key) == value:
+            return source
+    return None
 
 
 def rename_torchvision(state: Mapping[str, Any]) -> Renamed:
     """torchvision / timm names -> Detectron2 names; timm's deep stem and avg-down shortcut
-    (read from the names) are reported as ``stem_type`` / ``avg_down`` facts."""
+    (read from the names) are reported as ``stem_type`` / ``avg_down`` facts. timm's SE-ResNets'
+    ``layerN.M.se.*`` (applied after the last conv's norm, before the sum) become the SE plugin's
+    ``resN+1.M.after_conv3.se.*`` (``after_conv2`` in basic blocks), which
+    ``make_resnet(weights=...)`` reads back as its ``plugins``."""
     deep = "conv1.0.weight" in state
     # timm's avg-down shortcut is [pool, conv, bn]: its conv sits at index 1.
     avg_down = any(re.fullmatch(r"layer\d\.0\.downsample\.2\.weight", k) for k in state)
+    last_conv = 3 if "layer1.0.conv3.weight" in state else 2
     facts: dict[str, Any] = {}
     if deep or avg_down:
         facts.update(stem_type="deep" if deep else "basic", avg_down=avg_down)
-    return _rename_each(state, lambda name: _torchvision_name(name, deep, avg_down), facts)
+    return _rename_each(
+        state, lambda name: _torchvision_name(name, deep, avg_down, last_conv), facts
+    )
 
 
-def _torchvision_name(name: str, deep_stem: bool, avg_down: bool) -> str | None:
-    """torchvision/timm name -> Detectron2 name, None for tensors without a ResNet counterpart."""
+def _torchvision_name(
+    name: str, deep_stem: bool, avg_down: bool, last_conv: int = 3
+) -> str | None:
+    """torchvision/timm name -> Detectron2 name, None for tensors without a ResNet counterpart
+    (``last_conv``: the block's last conv, after which timm applies SE)."""
     if deep_stem:
         # timm's deep stem: conv1 = [conv, bn, act, conv, bn, act, conv]; bn1 follows the last.
         m = re.fullmatch(r"conv1\.([0-6])\.(.+)", name)
@@ -103,6 +148,9 @@ def _torchvision_name(name: str, deep_stem: bool, avg_down: bool) -> str | None:
         # torchvision: downsample = [conv, bn]; timm's avg-down: [pool, conv, bn].
         index, leaf = int(m.group(1)) - int(avg_down), m.group(2)
         return prefix + "shortcut." + ("norm." if index == 1 else "") + leaf
+    m = re.fullmatch(r"se\.(fc[12]\.(?:weight|bias))", rest)
+    if m:  # timm's SEModule: fc1, fc2 (its bn is an Identity)
+        return prefix + f"after_conv{last_conv}.se." + m.group(1)
     return None
 
 
@@ -179,8 +227,9 @@ def _caffe2_name(name: str) -> str | None:
 
 def detect_detectron2(state: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
     """Detectron2's ResNet names (``stem.conv1``, ``res2.0.conv1``), under any prefix, in a file
-    without Caffe2's or torchvision's names."""
-    if _caffe2_file(state, meta) or _torchvision_file(state, meta):
+    without Caffe2's or torchvision's names and signed by no publisher's converter (a signed one
+    is that publisher's: :data:`SIGNATURES`)."""
+    if _caffe2_file(state, meta) or torchvision_names(state) or signed_by(meta) is not None:
         return False
     return any(re.match(r"(.*\.)?(stem\.conv1|res2\.0\.conv1)\.weight$", k) for k in state)
 

@@ -1,6 +1,7 @@
-"""Weight sources (torchvision, timm, MSRA/FAIR Caffe2, Detectron2) as one table of records: how
-each source's files are recognised and renamed to Detectron2's ResNet names, the input settings its
-weights were trained with, and the model-zoo addresses known to hold it.
+"""Weight sources (torchvision, timm, MSRA/FAIR Caffe2, Detectron2, and the self-supervised
+ResNet-50s of MoCo v1/v2/v3, DenseCL, SwAV and DINO) as one table of records: how each source's
+files are recognised and renamed to Detectron2's ResNet names, the input settings its weights were
+trained with, and the model-zoo addresses known to hold it.
 
 Adding a weight source means one :class:`Source` record, passed to :func:`register_source` (or
 written into :data:`SOURCES` below for a built-in one), and nothing else: reading, loading, the
@@ -11,7 +12,7 @@ source (:func:`detect_source` refuses a file two records claim); ``rename(state)
 :class:`Renamed` (tensors under Detectron2's names, ready to load, the names with no ResNet
 counterpart, and the architecture facts only the original names show); and optionally ``urls``,
 the address prefixes known to hold its weights. The built-in schemes' functions are in
-:mod:`.naming`.
+:mod:`.naming` and (the self-supervised checkpoints') :mod:`.self_supervised`.
 
 Published files are known by their exact address in :data:`PUBLISHED_WEIGHTS` (one
 :class:`PublishedWeights` record each: source, architecture, training recipe), so a config that
@@ -35,6 +36,21 @@ from .naming import (
     keep_names,
     rename_caffe2,
     rename_torchvision,
+)
+from .self_supervised import (
+    SELF_SUPERVISED_FILES,
+    detect_densecl,
+    detect_dino,
+    detect_moco_v1,
+    detect_moco_v2,
+    detect_moco_v3,
+    detect_selfsup_detectron2,
+    detect_swav,
+    rename_densecl,
+    rename_dino,
+    rename_moco,
+    rename_moco_v3,
+    rename_selfsup_detectron2,
 )
 
 
@@ -129,8 +145,8 @@ class Source:
 
 
 # The one table of weight sources. No file is claimed by two records' detect (the built-in ones
-# are told apart by name style: see naming.py; detect_source refuses a file two claim), so the
-# order here is only the order in which they are listed.
+# are told apart by name style and signature entries: see naming.py and self_supervised.py;
+# detect_source refuses a file two claim), so the order here is only the order of the listing.
 SOURCES: dict[str, Source] = {
     s.name: s
     for s in (
@@ -168,6 +184,58 @@ SOURCES: dict[str, Source] = {
             None,
             detect_detectron2,
             keep_names,
+        ),
+        # Self-supervised torchvision ResNets (self_supervised.py): each trained on RGB images
+        # normalised with ImageNet's mean and std (their main_*.py transforms), stride in the
+        # 3x3. SwAV's std is (0.228, 0.224, 0.225): 0.4% from torchvision's red, kept as is.
+        Source(
+            "moco_v1",
+            "MoCo v1 checkpoint (main_moco.py: query encoder taken)",
+            TORCHVISION_INPUT,
+            detect_moco_v1,
+            rename_moco,
+        ),
+        Source(
+            "moco_v2",
+            "MoCo v2 checkpoint (main_moco.py --mlp: query encoder taken)",
+            TORCHVISION_INPUT,
+            detect_moco_v2,
+            rename_moco,
+        ),
+        Source(
+            "moco_v3",
+            "MoCo v3 ResNet checkpoint (base encoder taken)",
+            TORCHVISION_INPUT,
+            detect_moco_v3,
+            rename_moco_v3,
+        ),
+        Source(
+            "densecl",
+            "DenseCL checkpoint or extracted backbone (query backbone taken)",
+            TORCHVISION_INPUT,
+            detect_densecl,
+            rename_densecl,
+        ),
+        Source(
+            "swav",
+            "SwAV / DeepCluster-v2 checkpoint (backbone taken, heads and prototypes unused)",
+            TORCHVISION_INPUT,
+            detect_swav,
+            rename_torchvision,
+        ),
+        Source(
+            "dino",
+            "DINO ResNet checkpoint (teacher backbone taken)",
+            TORCHVISION_INPUT,
+            detect_dino,
+            rename_dino,
+        ),
+        Source(
+            "selfsup_detectron2",
+            "MoCo's / OpenSelfSup's Detectron2 conversion (convert-pretrain-to-detectron2.py)",
+            TORCHVISION_INPUT,
+            detect_selfsup_detectron2,
+            rename_selfsup_detectron2,
         ),
     )
 }
@@ -240,8 +308,10 @@ class PublishedWeights:
         depth: a key of :data:`backbones.specs.DEPTHS`.
         num_groups, width_per_group: the bottleneck's 3x3 conv (ResNeXt, wide ResNet).
         recipe: how it was trained: torchvision's ``IMAGENET1K_V1`` / ``V2`` recipes ("V1",
-            "V2"), MSRA's (He et al., 2015) or FAIR's Caffe2 training ("MSRA", "FAIR").
-        name: the model's name at its publisher (torchvision's builder, Detectron2's file).
+            "V2"), MSRA's (He et al., 2015) or FAIR's Caffe2 training ("MSRA", "FAIR"), a
+            self-supervised method and its epochs ("MoCo v2 800ep").
+        name: the model's name at its publisher (torchvision's builder, Detectron2's file, the
+            self-supervised file's name).
     """
 
     url: str
@@ -284,10 +354,16 @@ def _torchvision(
     ]
 
 
+def _file_name(url: str) -> str:
+    """The file name of an address, without its query (``.pth?download=true``)."""
+    return url.split("?")[0].rsplit("/", 1)[-1]
+
+
 _IMAGENET = "detectron2://ImageNetPretrained/"
 
 # Published ImageNet files by address: Detectron2's four (its MODEL_ZOO.md, "ImageNet Pretrained
-# Models") and torchvision's ResNet family (its weight enums, torchvision.models.*_Weights).
+# Models"), torchvision's ResNet family (its weight enums, torchvision.models.*_Weights) and the
+# self-supervised ResNets of MoCo, MoCo v3, SwAV, DINO and DenseCL (their READMEs).
 PUBLISHED_WEIGHTS: dict[str, PublishedWeights] = {
     w.url: w
     for w in (
@@ -308,6 +384,12 @@ PUBLISHED_WEIGHTS: dict[str, PublishedWeights] = {
         *_torchvision("resnext101_64x4d", 101, "173b62eb", "", 64, 4),
         *_torchvision("wide_resnet50_2", 50, "95faca4d", "9ba9bcbe", width=128),
         *_torchvision("wide_resnet101_2", 101, "32ee1156", "d733dc28", width=128),
+        # Self-supervised ResNets at their publishers' addresses (SELF_SUPERVISED_FILES), named
+        # by their file name.
+        *(
+            PublishedWeights(url, source, depth, recipe=recipe, name=_file_name(url))
+            for source, url, depth, recipe in SELF_SUPERVISED_FILES
+        ),
     )
 }
 
