@@ -389,3 +389,27 @@ def test_plugged_backbones_export_to_onnx_with_dynamic_sizes(tmp_path):
     batches = [torch.randn(1, 3, 64, 64), torch.randn(2, 3, 96, 64)]  # another size and batch
     worst = check_export(model, tmp_path / "plugged.onnx", batches)
     assert set(worst) == {"res2", "res3", "res4", "res5"} and max(worst.values()) < 1e-3
+
+
+@pytest.mark.parametrize("name, depth", [("seresnet50", 50), ("seresnet18", 18)])
+def test_timms_se_resnets_load_and_equal_timm(name, depth, tmp_path):
+    """timm's SE-ResNets (SE after the last conv's norm, ratio 1/16, widths rounded to 8) on
+    random weights: the file rebuilds our ResNet with the SE plugin and its features equal
+    timm's ``forward_features``."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    theirs = randomize_(timm.create_model(name)).eval()
+    torch.save(theirs.state_dict(), tmp_path / f"{name}.pth")
+    lines: list[str] = []
+    ours = make_resnet(weights=tmp_path / f"{name}.pth", norm="BN").eval()
+    report = load_weights(ours, tmp_path / f"{name}.pth", log=lines.append)
+    position = "after_conv3" if depth == 50 else "after_conv2"
+    stages = ("res2", "res3", "res4", "res5")
+    assert ours.spec.plugins == (PluginSpec("se", stages, position, 1 / 16),)
+    assert (ours.spec.depth, ours.spec.stride_in_1x1) == (depth, False)
+    assert not report.missing and not report.new and report.unused == ["fc.weight", "fc.bias"]
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours(x)["res5"], theirs.forward_features(x), rtol=1e-4, atol=1e-4
+        )
