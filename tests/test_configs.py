@@ -147,7 +147,8 @@ def test_config_merges_and_builds_on_cpu(path):
     if isinstance(roi_heads, Res5ROIHeads):  # C4: res5 is the per-RoI head
         assert isinstance(model.backbone, ResNet)
         assert list(model.backbone.output_shape()) == ["res4"]
-        res5 = model.roi_heads.res5[-1].out_channels
+        # res5's width as the box predictor takes it (MoCo's head ends res5 with a norm)
+        res5 = model.roi_heads.box_predictor.cls_score.in_features
     else:
         resnet = model.backbone.bottom_up if isinstance(model.backbone, FPN) else model.backbone
         assert isinstance(resnet, ResNet)

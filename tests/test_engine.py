@@ -1,5 +1,5 @@
 """Tests for ``backbones.engine``: config composition, CPU DDP and launch, loss curves, evaluators
-by dataset type, the optimizer choice."""
+by dataset type, the optimizer choice, precise BN."""
 
 from __future__ import annotations
 
@@ -259,3 +259,41 @@ def test_optimizer_choice_follows_backbones_optimizer():
     assert isinstance(sgd, torch.optim.SGD)
     with pytest.raises(BackboneOptionError, match=r"BACKBONES\.OPTIMIZER='Adam' .*'SGD', 'AdamW'"):
         Trainer.build_optimizer(load_cfg(opts=["BACKBONES.OPTIMIZER", "Adam"]), model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Precise BN
+
+
+def test_precise_bn_runs_when_the_config_asks_and_the_final_checkpoint_has_its_statistics(
+    tmp_path,
+):
+    # TEST.PRECISE_BN (MoCo's configs turn it on): Detectron2's PreciseBN hook, which our
+    # Trainer keeps from DefaultTrainer.build_hooks, recomputes the BN statistics on NUM_ITER
+    # training batches after the last iteration, before the final checkpoint is written.
+    opts = [
+        "OUTPUT_DIR", str(tmp_path),
+        "MODEL.FPN.OUT_CHANNELS", "32",
+        "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
+        "MODEL.ROI_MASK_HEAD.CONV_DIM", "16",
+        "SOLVER.IMS_PER_BATCH", "2",
+        "SOLVER.MAX_ITER", "1",
+        "SOLVER.WARMUP_ITERS", "0",
+        "SOLVER.CHECKPOINT_PERIOD", "1000",
+        "DATASETS.TEST", "()",
+        "TEST.PRECISE_BN.ENABLED", "True",
+        "TEST.PRECISE_BN.NUM_ITER", "3",
+        "SEED", "0",
+    ]  # fmt: skip
+    trainer = Trainer(load_cfg(str(ROOT / "configs" / "mrcnn_r18_shapes.yaml"), opts))
+    names = [type(hook).__name__ for hook in trainer._hooks]
+    assert names.index("PreciseBN") < names.index("PeriodicCheckpointer")
+    trainer.train()
+    norm = trainer.model.backbone.bottom_up.stem.conv1.norm
+    assert isinstance(norm, nn.BatchNorm2d)
+    # One training step, then three precise-BN batches.
+    assert int(norm.num_batches_tracked) == 1 + 3
+    saved = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)
+    key = "backbone.bottom_up.stem.conv1.norm.running_var"
+    assert torch.equal(saved["model"][key], norm.running_var)
+    assert int(saved["model"][key.replace("running_var", "num_batches_tracked")]) == 4

@@ -1,6 +1,7 @@
 """The model code: conv-norm layers, residual blocks and stems, the architecture record
-(:class:`ResNetSpec`), the ResNet, the FPN, and the builders registered in Detectron2's
-``BACKBONE_REGISTRY`` (the only model code that reads a cfg).
+(:class:`ResNetSpec`), the ResNet, the FPN, the builders registered in Detectron2's
+``BACKBONE_REGISTRY`` and the RoI head registered in its ``ROI_HEADS_REGISTRY`` (the only model
+code that reads a cfg).
 
 Extension points: a block type is a :class:`ResidualBlock` subclass (its ``__init__`` and flags)
 plus one entry in :data:`BLOCK_TYPES` (a row of ``specs.DEPTHS`` names it); a stem is one entry
@@ -29,6 +30,7 @@ from .fpn import FPN, TOP_BLOCKS, LastLevelMaxPool, LastLevelP6P7, build_fpn, ma
 from .layers import NORMS, ConvNorm, DeformConvNorm
 from .plugins import PLUGIN_TYPES, GlobalContext, NonLocal, Plugin, PluginSpec, SqueezeExcitation
 from .resnet import MEMORY_FORMATS, ResNet
+from .roi_heads import backbones_Res5ROIHeadsExtraNorm
 from .spec import ARCHITECTURE_DEFAULTS, OUTPUT_STRIDES, ResNetSpec
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "backbones_build_resnet_backbone",
     "backbones_build_resnet_fpn_backbone",
     "backbones_build_retinanet_resnet_fpn_backbone",
+    "backbones_Res5ROIHeadsExtraNorm",
     "build_fpn",
     "build_resnet",
     "make_resnet",
