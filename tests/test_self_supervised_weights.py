@@ -401,6 +401,9 @@ def test_convert_tool_writes_the_query_encoder_with_its_input_settings(tmp_path)
     assert run.returncode == 0, run.stderr
     assert "moco_v2" in run.stderr and 'INPUT: {FORMAT: "RGB"}' in run.stdout
     assert "STRIDE_IN_1X1: False" in run.stdout
+    # What is left out, by group with counts (a real MoCo file has over 300 such names).
+    left_out = next(line for line in run.stderr.splitlines() if "left out" in line)
+    assert "encoder_k.* (322 tensors), encoder_q.* (4 tensors), queue.* (1 tensor)" in left_out
     weights = read_weights(dst)
     assert weights.origin == "moco_v2, converted" and weights.input == TORCHVISION_INPUT
     assert not any("fc" in k for k in weights.state)

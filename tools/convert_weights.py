@@ -27,6 +27,7 @@ from tqdm import tqdm
 from backbones.weights import (
     WeightsFormatError,
     read_weights,
+    summarise_names,
     write_detectron2_checkpoint,
 )
 
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{args.src}: {weights.source}, {len(weights.state)} tensors", file=sys.stderr)
     if weights.unused:
-        print(f"  left out (no ResNet counterpart): {', '.join(weights.unused)}", file=sys.stderr)
+        left_out = summarise_names(weights.unused, limit=8)
+        print(f"  left out (no ResNet counterpart): {left_out}", file=sys.stderr)
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
     lines = write_detectron2_checkpoint(
         weights,

@@ -13,7 +13,7 @@ schemes of MoCo, DenseCL, SwAV and DINO checkpoints), ``architecture``
 from .architecture import find_resnet, infer_architecture, resnet_prefix
 from .convert import config_lines, write_detectron2_checkpoint
 from .formats import UnsafeWeightsError, WeightsFormatError, atomic_write, read_file
-from .load import LoadReport, WeightsShapeError, load_weights
+from .load import LoadReport, WeightsShapeError, load_weights, summarise_names
 from .read import Weights, read_weights, weights_from_object
 from .sources import (
     KNOWN_URLS,
@@ -58,6 +58,7 @@ __all__ = [
     "find_resnet",
     "resnet_prefix",
     "source_of_url",
+    "summarise_names",
     "weights_from_object",
     "write_detectron2_checkpoint",
 ]

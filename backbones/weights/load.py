@@ -77,7 +77,7 @@ class LoadReport:
                 "start as the plugin initialises them"
             )
         if self.unused:
-            out.append(f"  in the file, not in the model: {_summarise(self.unused)}")
+            out.append(f"  in the file, not in the model: {summarise_names(self.unused)}")
         if self.skipped:
             out.append(f"  skipped (shape differs, allowed): {', '.join(self.skipped)}")
         return out
@@ -105,7 +105,9 @@ def _plugin_group(name: str) -> str | None:
     return None
 
 
-def _summarise(names: Sequence[str], limit: int = 4) -> str:
+def summarise_names(names: Sequence[str], limit: int = 4) -> str:
+    """``names`` as groups with counts (``fc.* (2 tensors), encoder_k.* (320 tensors)``), the
+    first ``limit`` groups shown."""
     counts: dict[str, int] = {}
     for name in names:
         counts[_group(name)] = counts.get(_group(name), 0) + 1
