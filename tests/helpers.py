@@ -144,3 +144,14 @@ def load_dev_script(name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def flatten(node: dict, stem: str = "") -> dict[str, object]:
+    """``{"MODEL.RESNETS.DEPTH": 50, ...}``: every leaf key of a cfg with its value."""
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{stem}{key}."))
+        else:
+            flat[f"{stem}{key}"] = value
+    return flat

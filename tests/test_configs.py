@@ -18,6 +18,8 @@ from backbones import BLOCK_TYPES, DEPTHS, FPN, SOURCES, ResNet, load_cfg
 from backbones.config import architecture_conflicts, input_settings
 from backbones.weights import published_weights, source_of_url
 
+from helpers import flatten
+
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 LEAVES = [p for p in CONFIGS if not p.name.startswith("Base-")]
@@ -104,17 +106,6 @@ def zoo_name(stem: str) -> str:
     preset = re.sub(r"^([rx])", lambda kind: kind[1].upper() + "_", m["preset"])  # X_101_32x8d
     design = {"c4": "C4", "dc5": "DC5", None: "FPN"}[m["design"]]
     return f"{folder}/{detector}_{preset}_{design}_{m['schedule'] or '1x'}.yaml"
-
-
-def flatten(node: dict, stem: str = "") -> dict[str, object]:
-    """``{"MODEL.RESNETS.DEPTH": 50, ...}``: every leaf key of a cfg with its value."""
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{stem}{key}."))
-        else:
-            flat[f"{stem}{key}"] = value
-    return flat
 
 
 def test_the_configs_users_start_from_exist():

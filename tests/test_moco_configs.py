@@ -13,14 +13,14 @@ from detectron2 import model_zoo
 from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm, ShapeSpec, get_norm
 from detectron2.modeling import build_model
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
-from test_configs import CONFIG_DIR, flatten
+from test_configs import CONFIG_DIR
 from torch import nn
 
 import backbones.modeling.roi_heads  # noqa: F401 (registers the head; see the module)
 from backbones import ResNet, load_cfg, load_weights
 from backbones.modeling.roi_heads import backbones_Res5ROIHeadsExtraNorm
 
-from helpers import randomize_
+from helpers import flatten, randomize_
 
 # MoCo's YAMLs as published: facebookresearch/moco, detection/configs/*.yaml at commit
 # 132aea9da9bb995a411c915c0420be3db62052f3 (2026-01-12, the last commit that has detection/; its

@@ -22,7 +22,7 @@ from backbones.modeling.plugins import (
 )
 from backbones.weights import load_weights
 
-from helpers import make_cfg, randomize_
+from helpers import flatten, make_cfg, randomize_
 
 # Shrunk widths, full topology.
 BOTTLENECK = dict(stem_out_channels=8, res2_out_channels=32, width_per_group=8, norm="BN")
@@ -332,16 +332,6 @@ def test_the_gcnet_config_is_mask_rcnn_r50_fpn_with_gc_blocks_and_syncbn():
     blocks = [m for m in resnet.modules() if isinstance(m, GlobalContext)]
     assert len(blocks) == 4 + 6 + 3
     assert {b.channels // b.channel_add_conv[0].out_channels for b in blocks} == {16}
-
-
-def flatten(node: dict, stem: str = "") -> dict:
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{stem}{key}."))
-        else:
-            flat[f"{stem}{key}"] = value
-    return flat
 
 
 def test_a_weights_file_of_a_plugged_net_rebuilds_it(tmp_path):
