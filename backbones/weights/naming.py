@@ -118,9 +118,7 @@ def rename_torchvision(state: Mapping[str, Any]) -> Renamed:
     )
 
 
-def _torchvision_name(
-    name: str, deep_stem: bool, avg_down: bool, last_conv: int = 3
-) -> str | None:
+def _torchvision_name(name: str, deep_stem: bool, avg_down: bool, last_conv: int = 3) -> str | None:
     """torchvision/timm name -> Detectron2 name, None for tensors without a ResNet counterpart
     (``last_conv``: the block's last conv, after which timm applies SE)."""
     if deep_stem:
