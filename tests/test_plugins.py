@@ -8,8 +8,10 @@ import math
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
+import torchvision
 from detectron2.layers import ShapeSpec
 
 from backbones import BackboneOptionError, ResNetSpec, backbones_build_resnet_backbone, make_resnet
@@ -150,7 +152,6 @@ def test_memory_formats_give_the_same_outputs():
 
 
 def test_squeeze_excitation_equals_its_formula_and_timms_module():
-    timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     se = randomize_(SqueezeExcitation(64, ratio=1 / 16))
     theirs = timm.layers.SEModule(64)  # timm's default: rd_ratio 1/16, divisible by 8
@@ -288,7 +289,6 @@ def test_config_builds_plugins_and_names_its_key_in_errors():
 
 
 def test_imagenet_weights_report_plugin_tensors_as_new(tmp_path):
-    torchvision = pytest.importorskip("torchvision")
     torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "r50.pth")
     plugins = [{"type": "gc", "stages": LATE}, {"type": "non_local", "stages": ["res4"]}]
     model = make_resnet(50, plugins=plugins, norm="BN", stride_in_1x1=False)
@@ -361,7 +361,6 @@ def test_a_weights_file_of_a_plugged_net_rebuilds_it(tmp_path):
 
 
 def test_plugged_backbones_export_to_onnx_with_dynamic_sizes(tmp_path):
-    pytest.importorskip("onnxruntime")
     from backbones.export.exporters import check_export, export_onnx
 
     plugins = [
@@ -386,7 +385,6 @@ def test_timms_se_resnets_load_and_equal_timm(name, depth, tmp_path):
     """timm's SE-ResNets (SE after the last conv's norm, ratio 1/16, widths rounded to 8) on
     random weights: the file rebuilds our ResNet with the SE plugin and its features equal
     timm's ``forward_features``."""
-    timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     theirs = randomize_(timm.create_model(name)).eval()
     torch.save(theirs.state_dict(), tmp_path / f"{name}.pth")
