@@ -334,6 +334,23 @@ def test_the_gcnet_config_is_mask_rcnn_r50_fpn_with_gc_blocks_and_syncbn():
     assert {b.channels // b.channel_add_conv[0].out_channels for b in blocks} == {16}
 
 
+def test_the_gcnet_detector_loads_imagenet_weights_with_its_gc_blocks_new(tmp_path, caplog):
+    """The user's path: the GCNet YAML with a torchvision R-50 file, loaded by the checkpointer
+    into the whole detector; only the heads are missing and the GC blocks are new."""
+    from detectron2.modeling import build_model
+
+    from backbones import BackbonesCheckpointer, load_cfg
+
+    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "r50.pth")
+    config = str(Path(__file__).parents[1] / "configs" / "mrcnn_r50_gc.yaml")
+    cfg = load_cfg(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(tmp_path / "r50.pth")])
+    model = build_model(cfg)
+    with caplog.at_level("INFO"):
+        BackbonesCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    gc = "backbone.bottom_up.res*.after_conv3.gc.*: 104 tensors of a plugin the file does not have"
+    assert gc in caplog.text and "NOT IN THE FILE" not in caplog.text
+
+
 def test_a_weights_file_of_a_plugged_net_rebuilds_it(tmp_path):
     """make_resnet(weights=...) reads the plugins from the file's names (type, position,
     stages) and their ratio from the inner conv's shape, as it reads the depth and widths."""
