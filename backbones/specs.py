@@ -58,6 +58,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "R-200-D": dict(depth=200, **RESNET_D),
 }
 
+# The residual stages by name (Detectron2's), res2 first: strides 4, 8, 16, 32.
+STAGE_NAMES = ("res2", "res3", "res4", "res5")
+
 # Where a context block (backbones.modeling.plugins) sits in a residual block, MMDetection's
 # plugin positions: after conv N and its norm and ReLU, or, for the block's last conv (a
 # bottleneck's conv3, a basic block's conv2), after its norm, before the shortcut is added. They

@@ -148,6 +148,8 @@ def test_cli_counts_what_plugins_add(tmp_path, capsys):
     argv = ["--depths", "50", "--classifier", "--size", "64", "64", "--plugins", plugins]
     assert tool.main([*argv, "--csv", str(path)]) == 0
     assert "se r1/16 after_conv3 res2-res5" in capsys.readouterr().out
+    gaps = tool.plugin_specs([{"type": "gc", "stages": ["res2", "res3", "res5"]}])
+    assert tool.describe_plugins(gaps) == "gc r1/16 after_conv3 res2,res3,res5"  # not a range
     with open(path, newline="") as f:
         plain, plugged = list(csv.DictReader(f))
     assert (plain["plugins"], plain["params"], plugged["params"]) == (

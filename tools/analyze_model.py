@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 from backbones import DEPTHS, BackboneOptionError, load_cfg
 from backbones.modeling.plugins import plugin_specs
+from backbones.specs import STAGE_NAMES
 from backbones.study.report import (
     PAPER_GFLOPS,
     detector_complexity,
@@ -140,11 +141,16 @@ def resnet_rows(
 
 
 def describe_plugins(plugins: Sequence) -> str:
-    """``gc r1/16 after_conv3 res3-res5`` for each plugin, joined by ``; ``."""
+    """``gc r1/16 after_conv3 res3-res5`` for each plugin (a run of three or more stages as a
+    range, others listed: ``res2,res5``), joined by ``; ``."""
+
+    def stages(names: Sequence[str]) -> str:
+        first, last = STAGE_NAMES.index(names[0]), STAGE_NAMES.index(names[-1])
+        run = len(names) > 2 and last - first + 1 == len(names)
+        return f"{names[0]}-{names[-1]}" if run else ",".join(names)
+
     return "; ".join(
-        f"{p.type} r1/{round(1 / p.ratio)} {p.position} "
-        + (f"{p.stages[0]}-{p.stages[-1]}" if len(p.stages) > 2 else ",".join(p.stages))
-        for p in plugins
+        f"{p.type} r1/{round(1 / p.ratio)} {p.position} {stages(p.stages)}" for p in plugins
     )
 
 

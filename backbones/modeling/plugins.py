@@ -20,9 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BackboneOptionError, check_choice
-from ..specs import PLUGIN_POSITIONS
-
-STAGES = ("res2", "res3", "res4", "res5")
+from ..specs import PLUGIN_POSITIONS, STAGE_NAMES
 
 
 class Plugin(nn.Module):
@@ -192,10 +190,10 @@ class PluginSpec:
                 "plugins stages", stages, "a non-empty list of res2, res3, res4, res5"
             )
         for name in stages:
-            check_choice("plugins stages", name, STAGES)
+            check_choice("plugins stages", name, STAGE_NAMES)
         if len(set(stages)) != len(stages):
             raise BackboneOptionError("plugins stages", list(stages), "each stage once")
-        object.__setattr__(self, "stages", tuple(sorted(stages, key=STAGES.index)))
+        object.__setattr__(self, "stages", tuple(sorted(stages, key=STAGE_NAMES.index)))
         ratio = PLUGIN_TYPES[self.type].default_ratio if self.ratio is None else self.ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
             raise BackboneOptionError("plugins ratio", self.ratio, "a number in (0, 1], or None")
@@ -227,10 +225,7 @@ class PluginSpec:
             raise BackboneOptionError(
                 "plugins", dict(value), "keys " + ", ".join(PLUGIN_KEYS), "type and stages needed"
             )
-        stages = value["stages"]
-        if isinstance(stages, list):
-            stages = tuple(stages)
-        return cls(**{**value, "stages": stages})
+        return cls(**value)  # __post_init__ makes a list of stages a tuple
 
     def build(self, channels: int) -> Plugin:
         """The plugin module for a position with ``channels`` channels."""
@@ -255,9 +250,9 @@ def plugins_in_state(state: Mapping[str, Any]) -> list[dict[str, Any]]:
             entry["widths"][stage] = shape[0] / shape[1]
     plugins = []
     for (kind, position), entry in found.items():
-        stages = sorted(entry["stages"], key=STAGES.index)
+        stages = sorted(entry["stages"], key=STAGE_NAMES.index)
         widths = entry["widths"]
-        ratio = widths[max(widths, key=STAGES.index)] if widths else None
+        ratio = widths[max(widths, key=STAGE_NAMES.index)] if widths else None
         plugins.append(dict(type=kind, stages=tuple(stages), position=position, ratio=ratio))
     return plugins
 

@@ -12,9 +12,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import check_choice
+from ..specs import STAGE_NAMES
 from .spec import ResNetSpec
 
-STAGE_NAMES = ("res2", "res3", "res4", "res5")
 # BACKBONES.MEMORY_FORMAT: NHWC (faster convolutions on CPU and tensor cores) or NCHW.
 MEMORY_FORMATS = ("channels_last", "contiguous")
 FEATURE_NAMES = ("stem",) + STAGE_NAMES

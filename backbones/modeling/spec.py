@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from ..errors import BackboneOptionError, check_choice
-from ..specs import DEPTHS
+from ..specs import DEPTHS, STAGE_NAMES
 from ..weights import Weights
 from .blocks import BLOCK_TYPES, DEFORM_BLOCK_TYPES, STEM_TYPES, ResidualBlock
-from .plugins import STAGES, PluginSpec, plugin_specs, plugins_in_state
+from .plugins import PluginSpec, plugin_specs, plugins_in_state
 
 # Output strides (BACKBONES.OUTPUT_STRIDE) and the dilation of res2..res5 that gives each: the
 # dilated stages keep their resolution (DeepLab; MMDetection's `strides`/`dilations`).
@@ -149,7 +149,7 @@ class ResNetSpec:
                 check_choice("residual", self.residual, (True,), f"{why} keep their shortcut")
         for plugin in self.plugins:
             for stage in plugin.stages:
-                block_class = self.block_classes[STAGES.index(stage)]
+                block_class = self.block_classes[STAGE_NAMES.index(stage)]
                 check_choice(
                     "plugins position",
                     plugin.position,
